@@ -1,0 +1,434 @@
+"""
+The GPT language model, in one file.
+
+Defaults reproduce OpenAI's GPT-2 exactly (LayerNorm, learned positions, GELU MLP,
+tied embeddings). Modern options are plain GPTConfig fields picked at construction:
+  norm='rmsnorm'       RMSNorm instead of LayerNorm               (Zhang & Sennrich 2019)
+  pos_emb='rope'       rotary positions instead of a learned table (Su et al. 2021)
+  mlp='swiglu'         gated SiLU MLP instead of GELU              (Shazeer 2020)
+  n_kv_head < n_head   grouped-query / multi-query attention       (Ainslie et al. 2023)
+  tie_embeddings=False a separate lm_head matrix
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65))
+    logits, loss = model(idx, targets)
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=200)
+"""
+
+import functools
+import inspect
+import math
+import time
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+NORMS = ('layernorm', 'rmsnorm')
+POS_EMBS = ('learned', 'rope')
+MLPS = ('gelu', 'swiglu')
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and norms, as GPT-2; False is a bit faster and often better
+    norm: str = 'layernorm'
+    pos_emb: str = 'learned'
+    rope_theta: float = 10000.0
+    mlp: str = 'gelu'
+    d_ff: int = None  # MLP hidden size; None means 4 * n_embd
+    n_kv_head: int = None  # key/value heads; None means n_head (plain multi-head attention)
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.n_embd
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        problems = self.problems()
+        if problems:
+            raise ValueError('invalid GPTConfig: ' + '; '.join(problems))
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    def problems(self):
+        """Every problem with this config, each saying the field, the value and the fix."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = (int, float) if f.type is float else f.type  # an int is a fine float
+            if not isinstance(value, expected) or (f.type is not bool and isinstance(value, bool)):
+                out.append(f'{f.name}={value!r} must be of type {f.type.__name__}')
+        if out:
+            return out  # the checks below assume the right types
+        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'n_kv_head'):
+            if getattr(self, name) <= 0:
+                out.append(f'{name}={getattr(self, name)} must be a positive integer')
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f'dropout={self.dropout} must be in [0, 1), e.g. 0.0 for pretraining or 0.1 for finetuning')
+        if self.rope_theta <= 0:
+            out.append(f'rope_theta={self.rope_theta} must be positive (10000.0 is the usual value)')
+        for name, allowed in (('norm', NORMS), ('pos_emb', POS_EMBS), ('mlp', MLPS)):
+            if getattr(self, name) not in allowed:
+                out.append(f"{name}={getattr(self, name)!r} is not an option: use one of {', '.join(map(repr, allowed))}")
+        if self.n_head > 0 and self.n_embd > 0 and self.n_embd % self.n_head:
+            near = sorted((h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0), key=lambda h: abs(h - self.n_head))[:2]
+            out.append(f'n_embd={self.n_embd} is not divisible by n_head={self.n_head}: '
+                       f'choose n_head among {sorted(near)} or n_embd a multiple of {self.n_head}')
+        if self.n_head > 0 and self.n_kv_head > 0 and self.n_head % self.n_kv_head:
+            divisors = [k for k in range(1, self.n_head + 1) if self.n_head % k == 0]
+            out.append(f'n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: '
+                       f'choose n_kv_head among {divisors}')
+        if (self.pos_emb == 'rope' and self.n_head > 0 and self.n_embd % self.n_head == 0
+                and self.head_size % 2):
+            out.append(f'rotary positions need an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} = {self.head_size}: '
+                       f'change n_embd or n_head, or use pos_emb=\'learned\'')
+        return out
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep GPT-2's eps)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    """Not in GPT-2: scales by the root mean square only, no centring and no bias (Llama)."""
+
+    def __init__(self, ndim, bias=False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+
+
+class Rotary(nn.Module):
+    """Not in GPT-2: rotary position embeddings, applied to queries and keys, no parameters.
+    Uses the half-split ("rotate_half") layout of Hugging Face's Llama, so exported weights need no permutation."""
+
+    def __init__(self, head_size, block_size, theta):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        self.register_buffer('cos', angles.cos(), persistent=False)
+        self.register_buffer('sin', angles.sin(), persistent=False)
+
+    def forward(self, x, start):
+        # x: (B, nh, T, hs); positions start..start+T-1
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for generation only: training never creates one.
+    One preallocated (B, n_kv_head, max_len, hs) buffer per layer; `pos` is how many positions are filled."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (batch_size, config.n_kv_head, max_len, config.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Store this step's k, v for `layer` and return all keys and values so far."""
+        T = k.size(2)
+        end = self.pos + T
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx, rotary=None):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
+        self.layer_idx = layer_idx
+        # query, key and value projections in one matmul; with grouped-query attention k and v are narrower
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJ = True
+        self.rotary = rotary  # shared by all layers; None for learned positions
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        hs = self.head_size
+        q, k, v = self.c_attn(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        start = kv_cache.pos if kv_cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        # causal mask: plain is_causal when queries and keys start together; a single new token sees everything;
+        # a chunk appended to a non-empty cache needs an explicit mask offset by the cache length
+        mask, is_causal = None, T > 1
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            is_causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2's MLP: Linear, tanh-approximated GELU, Linear."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJ = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+
+
+class SwiGLU(nn.Module):
+    """Not in GPT-2: a gated MLP, silu(x W_gate) * (x W_up) then W_down (Llama). c_fc holds gate and up stacked."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.d_ff, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJ = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx, rotary=None):
+        super().__init__()
+        Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
+        self.ln_1 = Norm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx, rotary)
+        self.ln_2 = Norm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config) if config.mlp == 'gelu' else SwiGLU(config)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f'GPT needs a GPTConfig, got {type(config).__name__}')
+        self.config = config
+        rotary = Rotary(config.head_size, config.block_size, config.rope_theta) if config.pos_emb == 'rope' else None
+        Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i, rotary) for i in range(config.n_layer)]),
+            ln_f=Norm(config.n_embd, bias=config.bias),
+        ))
+        self.rotary = rotary  # registered once here; the blocks hold references to the same module
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # the output layer shares the token embedding matrix (https://paperswithcode.com/method/weight-tying)
+            self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, 'RESIDUAL_PROJ', False):
+                # GPT-2 scales the init of each residual-stream projection by 1/sqrt(2 * n_layer):
+                # two additions per block, so the residual stream's variance stays bounded with depth
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Number of parameters (a tied matrix counts once). With non_embedding the position table is
+        left out, and the token embedding too when it is not also the output layer, as in nanoGPT."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.transformer.wpe is not None:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        limit = kv_cache.max_len if kv_cache is not None else self.config.block_size
+        if start + T > limit:
+            raise ValueError(f'cannot forward a sequence of {start + T} tokens: the context (block_size) is '
+                             f'{limit}; crop the input to its last {limit} tokens')
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        else:
+            # inference: only the last position's logits are needed (a list index keeps the time dimension)
+            logits = self.lm_head(x[:, [-1], :])
+            loss = None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Model surgery: shrink the context, e.g. to finetune GPT-2 (1024) at block_size 256."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f'block_size={block_size} must be in 1..{self.config.block_size} (the model\'s context): '
+                             'a context can only be cropped, not grown')
+        self.config.block_size = block_size
+        if self.transformer.wpe is not None:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.rotary is not None:
+            self.rotary.cos = self.rotary.cos[:block_size]
+            self.rotary.sin = self.rotary.sin[:block_size]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices and embeddings (2-D tensors) only, not on biases and norm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        # the fused kernel does the whole update in one launch per group; CUDA and (torch >= 2.4) CPU have it
+        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+    def flops_per_token(self, seq_len=None):
+        """Training (forward + backward) FLOPs per token: 6 per parameter that multiplies (the embedding
+        lookups do not; a tied wte does, as lm_head) plus the attention scores and weighted sum,
+        12 * n_layer * seq_len * n_embd (PaLM paper, appendix B)."""
+        T = seq_len or self.config.block_size
+        return 6 * self.get_num_params(non_embedding=True) + 12 * self.config.n_layer * T * self.config.n_embd
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, seq_len=None, device=None, dtype=torch.bfloat16, peak_flops=None):
+        """Model FLOPs utilization: achieved FLOP/s over the peak of the device in use (see peak_flops)."""
+        T = seq_len or self.config.block_size
+        achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / dt
+        if peak_flops is None:
+            peak_flops = device_peak_flops(device or next(self.parameters()).device, dtype)
+        return achieved / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None):
+        """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens, with a key/value cache:
+        the prompt is run once (prefill), then each new token costs one position. temperature=0 is greedy.
+        Past block_size the context is cropped: when the cache is full, the last block_size // 2 tokens are
+        re-run as a fresh prefill and generation goes on from there, so each token sees at least half a
+        context and the re-prefill costs one forward pass every block_size // 2 tokens.
+        on_token(tokens (B, 1)) is called after each step, for streaming."""
+        was_training = self.training
+        self.eval()
+        block_size = self.config.block_size
+        param = self.lm_head.weight
+        dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else param.dtype
+        cache = KVCache(self.config, idx.size(0), block_size, idx.device, dtype)
+        logits, _ = self(idx[:, -block_size:], kv_cache=cache)
+        for _ in range(max_new_tokens):
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if on_token is not None:
+                on_token(idx_next)
+            if cache.pos == block_size:  # full: start again from the last half context
+                cache.pos = 0
+                logits, _ = self(idx[:, -(block_size // 2 or 1):], kv_cache=cache)
+            else:
+                logits, _ = self(idx_next, kv_cache=cache)
+        self.train(was_training)
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick the next token from last-position logits (B, vocab): greedy when temperature is 0, else sample
+    from the softmax at that temperature, keeping the top_k most likely and the nucleus of mass top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('inf')
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the token that crosses top_p
+        sorted_logits[remove] = -float('inf')
+        logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+# Dense (no sparsity) peak FLOP/s of accelerators in bf16/fp16 tensor-core math, by device-name substring,
+# most specific first. Sources: NVIDIA A100, H100 and H200 datasheets.
+GPU_PEAK_FLOPS = [
+    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12),
+    ('A100', 312e12), ('A10G', 125e12), ('L4', 121e12), ('V100', 125e12), ('T4', 65e12),
+    ('RTX 4090', 165e12), ('RTX 3090', 71e12),
+]
+
+
+def device_peak_flops(device, dtype=torch.bfloat16):
+    """Peak FLOP/s of `device` for matmuls in `dtype`. GPUs from the table above (fp32 counts as TF32 there);
+    a CPU is measured once with a large matmul, since no table can know every CPU."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS:
+            if key in name:
+                return flops
+        raise ValueError(f'unknown GPU {name!r}: pass its peak FLOP/s explicitly (peak_flops=, bench.py --peak_flops=)')
+    if device.type == 'cpu':
+        return cpu_peak_flops(dtype)
+    raise ValueError(f'no peak FLOP/s known for device {device}: pass it explicitly (peak_flops=)')
+
+
+@functools.cache
+def cpu_peak_flops(dtype=torch.float32, n=2048):
+    """Best of a few n^3 matmuls in `dtype` on this CPU, the most its matrix units deliver in practice."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    best = float('inf')
+    for _ in range(4):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
