@@ -306,7 +306,7 @@ class GPT(nn.Module):
             kv_cache.pos += T
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         else:
             # inference: only the last position's logits are needed (a list index keeps the time dimension)
             logits = self.lm_head(x[:, [-1], :])
@@ -324,6 +324,58 @@ class GPT(nn.Module):
         if self.rotary is not None:
             self.rotary.cos = self.rotary.cos[:block_size]
             self.rotary.sin = self.rotary.sin[:block_size]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, override_args=None):
+        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', from the Hugging Face hub: its cache,
+        HF_HOME, HF_HUB_OFFLINE and tokens apply) or a local Hugging Face GPT-2 folder (config.json with
+        model.safetensors, sharded safetensors or pytorch_model.bin). The architecture is the checkpoint's:
+        override_args may only change dropout."""
+        import json
+        from safetensors.torch import load_file
+        override_args = dict(override_args or {})
+        fixed = sorted(set(override_args) - {'dropout'})
+        if fixed:
+            raise ValueError(f"cannot override {', '.join(fixed)} of a pretrained model: the architecture comes from "
+                             "its config.json and only 'dropout' may be overridden")
+        config_file, weight_files = hf_gpt2_files(name_or_path)
+        with open(config_file) as f:
+            config = GPTConfig(**gpt2_args_from_hf(json.load(f), config_file), **override_args)
+        model = cls(config)
+        hf_sd = {}
+        for path in weight_files:
+            try:
+                hf_sd.update(load_file(path) if path.endswith('.safetensors')
+                             else torch.load(path, map_location='cpu', weights_only=True))
+            except Exception as e:
+                reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
+                raise ValueError(f'{path} is unreadable or corrupt ({reason}): download or save it again') from None
+        # Hugging Face names, less the 'transformer.' prefix that GPT2LMHeadModel adds and GPT2Model (OpenAI's
+        # hub files) lacks; its Conv1D layers store weights as (in, out), nn.Linear as (out, in)
+        conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        loaded = {}
+        for k, v in hf_sd.items():
+            k = k.removeprefix('transformer.')
+            if k.endswith(('.attn.bias', '.attn.masked_bias')) or (k == 'lm_head.weight' and config.tie_embeddings):
+                continue  # the causal-mask buffers of old checkpoints; a tied lm_head is wte
+            loaded[k if k == 'lm_head.weight' else 'transformer.' + k] = v.t() if k.endswith(conv1d) else v
+        sd = model.state_dict()
+        expected = {k for k in sd if not (k == 'lm_head.weight' and config.tie_embeddings)}
+        problems = {
+            'missing': sorted(expected - set(loaded)),
+            'unexpected': sorted(set(loaded) - expected),
+            'wrongly shaped': [f'{k} {tuple(loaded[k].shape)} (expected {tuple(sd[k].shape)})'
+                               for k in sorted(expected & set(loaded)) if loaded[k].shape != sd[k].shape],
+        }
+        if any(problems.values()):
+            listed = '; '.join(f"{what}: {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"
+                               for what, keys in problems.items() if keys)
+            raise ValueError(f'{name_or_path} does not hold the GPT-2 its config.json describes ({listed}); '
+                             'the weight files may be from another model or truncated')
+        with torch.no_grad():
+            for k, v in loaded.items():
+                sd[k].copy_(v)  # a tied wte fills lm_head too; fp16/bf16 files are upcast to the model's fp32
+        return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (2-D tensors) only, not on biases and norm gains."""
@@ -377,6 +429,71 @@ class GPT(nn.Module):
                 logits, _ = self(idx_next, kv_cache=cache)
         self.train(was_training)
         return idx
+
+
+def hf_gpt2_files(name_or_path):
+    """config.json and the weight files of OpenAI's GPT-2 `name` (hub or cache) or of a local Hugging Face folder."""
+    import os
+    names = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+    if name_or_path in names:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        files = ('config.json', 'model.safetensors')
+        try:
+            paths = [hf_hub_download(f'openai-community/{name_or_path}', f) for f in files]
+        except Exception as e:
+            try:  # a cache filled under the old repo name, e.g. by transformers' from_pretrained('gpt2')
+                paths = [hf_hub_download(name_or_path, f, local_files_only=True) for f in files]
+            except Exception:
+                reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
+                if isinstance(e, LocalEntryNotFoundError):
+                    reason = 'no network or HF_HUB_OFFLINE=1, and not in the Hugging Face cache'
+                raise OSError(f'could not download {name_or_path} ({reason}): put a Hugging Face GPT-2 folder '
+                              f'(config.json + model.safetensors of openai-community/{name_or_path}) here and pass '
+                              'its path instead, or fill the Hugging Face cache on a machine with internet (`hf download '
+                              f'openai-community/{name_or_path} config.json model.safetensors`) and copy it here '
+                              '(~/.cache/huggingface, or $HF_HOME)') from None
+        return paths[0], paths[1:]
+    if not os.path.isdir(name_or_path):
+        raise ValueError(f"{name_or_path!r} is neither a GPT-2 name ({', '.join(names)}) nor a folder: pass one of the "
+                         'names, or the path of a Hugging Face GPT-2 folder (config.json + model.safetensors)')
+    config_file = os.path.join(name_or_path, 'config.json')
+    index = os.path.join(name_or_path, 'model.safetensors.index.json')
+    if os.path.isfile(index):  # sharded: the index maps each tensor to its file
+        import json
+        with open(index) as f:
+            weight_files = [os.path.join(name_or_path, n) for n in sorted(set(json.load(f)['weight_map'].values()))]
+    else:  # one file, safetensors preferred
+        weight_files = [os.path.join(name_or_path, n) for n in ('model.safetensors', 'pytorch_model.bin')]
+        weight_files = [p for p in weight_files if os.path.isfile(p)][:1]
+    if not os.path.isfile(config_file) or not weight_files:
+        raise ValueError(f'{name_or_path} is not a Hugging Face GPT-2 folder: it needs config.json and '
+                         "model.safetensors (or pytorch_model.bin), as transformers' save_pretrained writes them")
+    return config_file, weight_files
+
+
+def gpt2_args_from_hf(hf, source):
+    """GPTConfig arguments for a Hugging Face GPT-2 config.json (a dict), refusing the options this GPT cannot
+    compute exactly (each named with its value)."""
+    required = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')
+    # field: (GPT2Config's default, the values this GPT reproduces)
+    supported = {
+        'model_type': ('gpt2', ('gpt2',)),
+        'activation_function': ('gelu_new', ('gelu_new', 'gelu_pytorch_tanh')),  # both are GELU's tanh approximation
+        'layer_norm_epsilon': (1e-5, (1e-5,)),
+        'scale_attn_weights': (True, (True,)),
+        'scale_attn_by_inverse_layer_idx': (False, (False,)),
+        'reorder_and_upcast_attn': (False, (False,)),
+        'add_cross_attention': (False, (False,)),
+    }
+    problems = [f'{k} is missing' for k in required if k not in hf]
+    problems += [f'{k}={hf[k]!r} (supported: {", ".join(map(repr, ok))})'
+                 for k, (default, ok) in supported.items() if hf.get(k, default) not in ok]
+    if problems:
+        raise ValueError(f"{source} describes a model this GPT cannot reproduce exactly: {'; '.join(problems)}")
+    return dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], block_size=hf['n_positions'],
+                vocab_size=hf['vocab_size'], d_ff=hf.get('n_inner') or 4 * hf['n_embd'], bias=True,
+                tie_embeddings=hf.get('tie_word_embeddings', True))
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -1,0 +1,223 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import train
+from conftest import ROOT, SHAKESPEARE
+
+
+@pytest.fixture(scope='module')
+def char_data(tmp_path_factory):
+    """A small character-level dataset in nanoGPT's format (uint16, meta.pkl without a dtype key)."""
+    path = tmp_path_factory.mktemp('char')
+    text = open(SHAKESPEARE).read()[:50_000]
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    ids[:45_000].tofile(path / 'train.bin')
+    ids[45_000:].tofile(path / 'val.bin')
+    with open(path / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'stoi': stoi, 'itos': dict(enumerate(chars))}, f)
+    return str(path)
+
+
+def args(data_dir, out_dir, *extra):
+    return [f'--data_dir={data_dir}', '--dataset=tiny', f'--out_dir={out_dir}', '--device=cpu', '--compile=False',
+            '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
+            '--gradient_accumulation_steps=2', '--eval_iters=4', '--eval_interval=5', '--log_interval=1',
+            '--max_iters=10', '--warmup_iters=2', '--lr_decay_iters=10', '--learning_rate=3e-3', '--dropout=0.1',
+            *extra]
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_loss_falls(char_data, tmp_path):
+    losses = train.main(args(char_data, tmp_path, '--max_iters=40', '--lr_decay_iters=40', '--eval_interval=40',
+                             '--dropout=0.0'))
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+    records = read_metrics(tmp_path)
+    evals = [r for r in records if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 40] and evals[1]['val_loss'] < evals[0]['val_loss']
+    assert all({'loss', 'lr', 'ms', 'mfu'} <= r.keys() for r in records if 'loss' in r)
+    ckpt = common.load_checkpoint(os.path.join(tmp_path, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 40 and ckpt['model_args']['vocab_size'] == common.load_meta(char_data)['vocab_size'] and ckpt['config']['n_layer'] == 2
+    assert not ckpt['model_args']['bias']
+
+
+def test_exact_resume(char_data, tmp_path):
+    """10 iterations in one go == 5, stop, resume to 10: bitwise, dropout and all."""
+    whole = train.main(args(char_data, tmp_path / 'whole'))
+    first = train.main(args(char_data, tmp_path / 'split', '--max_iters=5'))
+    rest = train.main(args(char_data, tmp_path / 'split', '--init_from=resume'))
+    assert len(whole) == 10 and first + rest == whole
+    a = common.load_checkpoint(os.path.join(tmp_path, 'whole', 'ckpt.pt'))['model']
+    b = common.load_checkpoint(os.path.join(tmp_path, 'split', 'ckpt.pt'))['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    iters = [r['iter'] for r in read_metrics(tmp_path / 'split') if 'loss' in r]
+    assert iters == list(range(1, 11))  # appended across the resume
+
+
+def test_lr_schedule():
+    cfg = dict(train.DEFAULTS, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert 0 < train.get_lr(0, cfg) < train.get_lr(5, cfg) < train.get_lr(9, cfg) < 1.0
+    assert train.get_lr(10, cfg) == 1.0
+    assert train.get_lr(60, cfg) == pytest.approx(0.55)
+    assert train.get_lr(110, cfg) == pytest.approx(0.1) and train.get_lr(500, cfg) == 0.1
+    assert train.get_lr(500, dict(cfg, decay_lr=False)) == 1.0
+
+
+def test_locked_fields_and_crop(char_data, tmp_path):
+    train.main(args(char_data, tmp_path, '--max_iters=5'))
+    with pytest.raises(ValueError, match=r'n_layer=3 was asked for, but the checkpoint has n_layer=2'):
+        train.main(args(char_data, tmp_path, '--init_from=resume', '--n_layer=3'))
+    with pytest.raises(ValueError, match="pos_emb='rope' was asked for.*pos_emb='learned'"):
+        train.main(args(char_data, tmp_path, '--init_from=resume', '--pos_emb=rope'))
+    with pytest.raises(ValueError, match='block_size=64 is larger than the 32'):
+        train.main(args(char_data, tmp_path, '--init_from=resume', '--block_size=64'))
+    # a smaller context crops the model; dropout may change
+    train.main(args(char_data, tmp_path, '--init_from=resume', '--block_size=16', '--max_iters=7', '--dropout=0.0'))
+    ckpt = common.load_checkpoint(os.path.join(tmp_path, 'ckpt.pt'))
+    assert ckpt['model_args']['block_size'] == 16 and ckpt['model']['transformer.wpe.weight'].shape[0] == 16
+    assert ckpt['iter_num'] == 7
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(char_data, tmp_path):
+    train.main(args(char_data, tmp_path, '--max_iters=5'))
+    path = os.path.join(tmp_path, 'ckpt.pt')
+    before = open(path, 'rb').read()
+    with pytest.raises(ValueError, match='NaN or infinite.*ckpt.pt still holds the last good state'):
+        train.main(args(char_data, tmp_path, '--init_from=resume', '--learning_rate=1e38', '--grad_clip=0.0',
+                        '--warmup_iters=0', '--decay_lr=False'))
+    assert open(path, 'rb').read() == before
+
+
+def test_compiled_checkpoint_names_load(char_data, tmp_path):
+    train.main(args(char_data, tmp_path, '--max_iters=5'))
+    path = os.path.join(tmp_path, 'ckpt.pt')
+    ckpt = torch.load(path, weights_only=True)
+    ckpt['model'] = {'_orig_mod.' + k: v for k, v in ckpt['model'].items()}
+    torch.save(ckpt, path)
+    losses = train.main(args(char_data, tmp_path, '--init_from=resume', '--max_iters=6'))
+    assert len(losses) == 1
+
+
+def test_atomic_save_survives_a_kill_during_the_save(tmp_path):
+    """A process killed in the middle of writing a checkpoint leaves the previous one whole."""
+    path = os.path.join(tmp_path, 'ckpt.pt')
+    common.save_checkpoint({'model': {'w': torch.ones(3)}, 'model_args': {}}, path)
+    script = f'''
+import os, signal, sys, torch
+sys.path.insert(0, {ROOT!r})
+import common
+def dying_save(obj, f):
+    with open(f, 'wb') as out:
+        out.write(b'half a checkpoint')
+        out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+common.save_checkpoint({{'model': {{'w': torch.zeros(3)}}, 'model_args': {{}}}}, {path!r})
+'''
+    result = subprocess.run([sys.executable, '-c', script])
+    assert result.returncode == -9
+    assert torch.equal(common.load_checkpoint(path)['model']['w'], torch.ones(3))
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def failing_save(obj, f):
+        open(f, 'wb').write(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', failing_save)
+    with pytest.raises(OSError, match='disk full'):
+        common.save_checkpoint({}, os.path.join(tmp_path, 'ckpt.pt'))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('extra, error, words', [
+    (['--batch_sise=3'], ValueError, ["unknown config key 'batch_sise'", 'batch_size']),
+    (['--learning_rate=fast'], ValueError, ['learning_rate expects float']),
+    (['--block_size=6000'], ValueError, ['val.bin', 'block_size=6000', 'at most 4999']),
+    (['--device=cuda'], ValueError, ['CUDA is not available', '--device=cpu']),
+    (['--dtype=float16'], ValueError, ["dtype='float16'", 'bfloat16']),
+    (['--dtype=half'], ValueError, ["dtype='half'"]),
+    (['--init_from=resume'], FileNotFoundError, ['no checkpoint at', 'ckpt.pt']),
+    (['--init_from=gpt3'], ValueError, ["init_from='gpt3'"]),
+    (['--vocab_size=10'], ValueError, ['vocab_size=10', "is smaller than the dataset's 59 tokens"]),
+    (['--batch_size=0'], ValueError, ['batch_size=0']),
+    (['--n_head=3'], ValueError, ['n_embd=32 is not divisible by n_head=3']),
+])
+def test_bad_input(char_data, tmp_path, extra, error, words):
+    with pytest.raises(error) as e:
+        train.main(args(char_data, tmp_path, *extra))
+    for word in words:
+        assert word in str(e.value)
+    assert not os.path.exists(os.path.join(tmp_path, 'ckpt.pt'))
+
+
+def test_missing_dataset_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'python data/owt2/prepare.py'):
+        train.main(['--dataset=owt2', f'--data_dir={tmp_path}/nothing', '--device=cpu'])
+
+
+def test_gradient_accumulation_must_divide_by_world_size():
+    cfg = dict(train.DEFAULTS, gradient_accumulation_steps=5, device='cpu')
+    with pytest.raises(ValueError, match='gradient_accumulation_steps=5 is not divisible by the 2 processes'):
+        train.resolve_system(cfg, world_size=2)
+
+
+def test_corrupt_and_incompatible_checkpoints(char_data, tmp_path):
+    os.makedirs(tmp_path / 'bad')
+    (tmp_path / 'bad' / 'ckpt.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='unreadable or corrupt'):
+        train.main(args(char_data, tmp_path / 'bad', '--init_from=resume'))
+    train.main(args(char_data, tmp_path / 'ok', '--max_iters=5'))
+    ckpt = torch.load(tmp_path / 'ok' / 'ckpt.pt', weights_only=True)
+    ckpt['model_args']['n_layer'] = 3  # weights of 2 layers, model_args of 3
+    torch.save(ckpt, tmp_path / 'ok' / 'ckpt.pt')
+    with pytest.raises(ValueError, match=r"does not match its model_args: missing \['transformer.h.2"):
+        train.main(args(char_data, tmp_path / 'ok', '--init_from=resume', '--n_layer=3'))
+
+
+def test_command_line_errors_are_one_line(char_data, tmp_path):
+    result = subprocess.run([sys.executable, 'train.py', *args(char_data, tmp_path, '--max_iterz=3')],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().count('\n') == 0 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith("error: unknown config key 'max_iterz'")
+
+
+def test_ddp_two_processes_with_gloo(char_data, tmp_path):
+    """torchrun with 2 CPU processes: it trains, evaluates jointly, and only rank 0 logs and saves."""
+    out_dir = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+           *args(char_data, out_dir, '--max_iters=4', '--eval_interval=2', '--gradient_accumulation_steps=4')]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('world size 2') == 1  # one process prints
+    assert result.stdout.count('saved checkpoint') == 2
+    assert sorted(os.listdir(out_dir)) == ['ckpt.pt', 'metrics.jsonl']
+    records = read_metrics(out_dir)
+    assert [r['iter'] for r in records if 'loss' in r] == [1, 2, 3, 4]
+    ckpt = common.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 4 and not any(k.startswith('module.') for k in ckpt['model'])
+
+
+def test_batches_differ_by_rank_and_step(char_data):
+    a = train.Batches(char_data, 32, 4, 'cpu', 1337, rank=0)
+    b = train.Batches(char_data, 32, 4, 'cpu', 1337, rank=1)
+    x0, y0 = a.get('train', 1, 0, 0)
+    assert torch.equal(x0[:, 1:], y0[:, :-1])  # targets are the inputs shifted by one
+    assert torch.equal(x0, a.get('train', 1, 0, 0)[0])  # a pure function of its key
+    assert not torch.equal(x0, b.get('train', 1, 0, 0)[0])
+    assert not torch.equal(x0, a.get('train', 1, 1, 0)[0])
