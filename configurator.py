@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 def configure(defaults, argv, types_of_none=None):
     """Return a copy of `defaults` updated by argv (config file paths and --key=value).
     The type of each key is the type of its default; for keys whose default is None,
-    types_of_none may give it ({'d_ff': int}); None stays allowed for them."""
+    types_of_none gives it ({'d_ff': int}). The keys in types_of_none also accept None."""
     config = dict(defaults)
     types_of_none = types_of_none or {}
     for arg in argv:
@@ -72,7 +72,7 @@ def check(defaults, key, value, source, types_of_none):
         raise ConfigError(f'unknown config key {key!r} in {source}{hint}')
     default = defaults[key]
     expected = type(default) if default is not None else types_of_none.get(key)
-    if expected is None or (default is None and value is None):
+    if expected is None or (value is None and key in types_of_none):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

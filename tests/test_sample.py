@@ -1,0 +1,148 @@
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+import sample
+import train
+from conftest import ROOT
+from model import GPT, GPTConfig
+from test_train import args, char_data  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope='module')
+def trained(char_data, tmp_path_factory):  # noqa: F811
+    """A checkpoint that a tiny training run wrote."""
+    out_dir = tmp_path_factory.mktemp('run')
+    train.main(args(char_data, out_dir, '--max_iters=20', '--eval_interval=20'))
+    return str(out_dir)
+
+
+def run_sample(out_dir, *extra, write=None):
+    cfg = sample.configure(sample.DEFAULTS, [f'--out_dir={out_dir}', '--device=cpu', '--num_samples=2',
+                                             '--max_new_tokens=30', *extra], sample.TYPES_OF_NONE)
+    sample.check_options(cfg)
+    cfg['dtype'] = 'float32'
+    torch.manual_seed(cfg['seed'])
+    model, tokenizer = sample.load_model_and_tokenizer(cfg)
+    chunks = []
+    samples = sample.generate_samples(model.eval(), tokenizer, cfg, write=write or chunks.append)
+    return samples, chunks
+
+
+def test_samples_from_a_trained_checkpoint(trained):
+    samples, _ = run_sample(trained, '--start=ROMEO:')
+    assert len(samples) == 2 and all(s.startswith('ROMEO:') and len(s) == 6 + 30 for s in samples)
+    assert samples[0] != samples[1]  # two different draws in one batch
+
+
+def test_seed_makes_it_deterministic(trained):
+    assert run_sample(trained, '--seed=7')[0] == run_sample(trained, '--seed=7')[0]
+    assert run_sample(trained, '--seed=7')[0] != run_sample(trained, '--seed=8')[0]
+
+
+def test_greedy_equals_recomputation(trained):
+    samples, _ = run_sample(trained, '--temperature=0', '--num_samples=1', '--start=KING', '--max_new_tokens=20')
+    checkpoint = common.load_checkpoint(os.path.join(trained, 'ckpt.pt'))
+    model = common.model_from_checkpoint(checkpoint).eval()
+    tokenizer = common.Tokenizer(common.load_meta(checkpoint['config']['data_dir']))
+    idx = torch.tensor([tokenizer.encode('KING')])
+    for _ in range(20):
+        idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
+    assert samples[0] == tokenizer.decode(idx[0].tolist())
+
+
+def test_streaming_writes_the_first_sample_token_by_token(trained):
+    samples, chunks = run_sample(trained, '--start=A')
+    separator = '\n' + sample.SEPARATOR + '\n'
+    assert len(chunks) >= 30  # the prompt, then one write per token, then the rest
+    assert ''.join(chunks) == ''.join(s + separator for s in samples)
+
+
+def test_streaming_never_splits_a_multibyte_character(tmp_path):
+    """GPT-2 BPE tokens can end inside a UTF-8 character: the stream holds such bytes back."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50257)).eval()
+    tokenizer = common.Tokenizer(None)
+    ids = tokenizer.encode('héllo wörld 東京 ')
+    chunks = []
+    streamer = sample.Streamer(tokenizer, ids[:1], chunks.append)
+    for token in ids[1:]:
+        streamer(torch.tensor([[token]]))
+    assert '\ufffd' not in ''.join(chunks)
+    assert tokenizer.decode(ids[:1]) + ''.join(chunks) == tokenizer.decode(ids).rstrip('\ufffd')
+    cfg = dict(sample.DEFAULTS, start='東京', num_samples=1, max_new_tokens=20, device='cpu', dtype='float32')
+    out = []
+    samples = sample.generate_samples(model, tokenizer, cfg, write=out.append)
+    assert ''.join(out) == samples[0] + '\n' + sample.SEPARATOR + '\n'
+
+
+def test_nanogpt_checkpoint_layout(tmp_path):
+    """A checkpoint as nanoGPT writes it: compiled names, mask buffers, no modern fields, meta without dtype."""
+    data_dir = tmp_path / 'data' / 'shakespeare_char'
+    os.makedirs(data_dir)
+    chars = sorted(set('abcdefgh \n'))
+    with open(data_dir / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)),
+                     'stoi': {c: i for i, c in enumerate(chars)}}, f)
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(chars), dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**model_args)).eval()
+    state = {'_orig_mod.' + k: v for k, v in model.state_dict().items()}
+    for i in range(2):
+        state[f'_orig_mod.transformer.h.{i}.attn.bias'] = torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)
+    out_dir = tmp_path / 'out'
+    os.makedirs(out_dir)
+    torch.save({'model': state, 'optimizer': {}, 'model_args': model_args, 'iter_num': 100, 'best_val_loss': 1.5,
+                'config': {'dataset': 'shakespeare_char', 'batch_size': 12}}, out_dir / 'ckpt.pt')
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # nanoGPT's checkpoints name the dataset; its meta.pkl is found under ./data
+    try:
+        samples, _ = run_sample(out_dir, '--temperature=0', '--num_samples=1', '--start=abc')
+    finally:
+        os.chdir(cwd)
+    expected = model.generate(torch.tensor([[chars.index(c) for c in 'abc']]), 30, temperature=0)
+    assert samples[0] == ''.join(chars[i] for i in expected[0].tolist())
+
+
+def test_prompt_from_file_and_out_file(trained, tmp_path):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('JULIET:\n')
+    out_file = tmp_path / 'samples.txt'
+    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={trained}', f'--start=FILE:{prompt}',
+                             '--num_samples=2', '--max_new_tokens=10', '--device=cpu', f'--out_file={out_file}'],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(sample.SEPARATOR) == 2 and result.stdout.startswith('JULIET:\n')
+    assert out_file.read_text() == result.stdout
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--temperature=-1'], ['temperature=-1', '>= 0']),
+    (['--top_k=0'], ['top_k=0', 'at least 1']),
+    (['--top_p=0'], ['top_p=0', '(0, 1]']),
+    (['--top_p=1.5'], ['top_p=1.5']),
+    (['--max_new_tokens=-5'], ['max_new_tokens=-5']),
+    (['--num_samples=0'], ['num_samples=0']),
+    (['--start=' + 'a' * 40], ['40 tokens long', 'context of 32']),
+    (['--start=ünïcode'], ['missing from the vocabulary', "'ïü'"]),
+    (['--start='], ['the prompt is empty']),
+    (['--tempreature=1'], ["unknown config key 'tempreature'", 'temperature']),
+])
+def test_bad_input(trained, extra, words):
+    with pytest.raises(ValueError) as e:
+        run_sample(trained, *extra)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_missing_checkpoint_says_where_and_how(tmp_path):
+    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tmp_path}/none', '--device=cpu'],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.strip() == (f'error: no checkpoint at {tmp_path}/none/ckpt.pt: train one with '
+                                     '`python train.py ...` (it writes out_dir/ckpt.pt), or check --out_dir')
