@@ -1,0 +1,88 @@
+"""
+Tokens/s of GPT-2 BPE data preparation (prepare.prepare_corpus: read, tokenize, write the bins)
+against tiktoken's own encode_ordinary_batch on the same documents already in memory, on one core
+and on all cores. The corpus is Tiny Shakespeare repeated to --megabytes and cut into documents
+of about --doc_chars characters, as a .jsonl file (one web-page-sized document per line).
+
+    flock /tmp/cpu.lock python benchmarks/prepare_speed.py [--megabytes=50] [--repeats=5] 2>/dev/null
+
+Each repeat times tiktoken then the pipeline, on 1 process then on all, so that the machine's
+drift hits both alike; medians and (min-max) over the repeats are printed.
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+from common import cli
+from configurator import configure
+from prepare import get_encoding, prepare_corpus
+
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           'shared', 'data', 'tinyshakespeare', 'input.txt')
+DEFAULTS = {
+    'input': SHAKESPEARE,  # the text to repeat
+    'megabytes': 50,
+    'doc_chars': 4000,  # about the size of an OpenWebText document
+    'repeats': 5,
+    'num_proc': os.cpu_count() or 1,  # "all cores"
+}
+
+
+def make_documents(text, megabytes, doc_chars):
+    """text repeated to megabytes of UTF-8 and cut into documents at line ends near doc_chars."""
+    documents, size = [], 0
+    while size < megabytes * 1e6:
+        start = 0
+        while start < len(text):
+            end = text.find('\n', start + doc_chars) + 1 or len(text)
+            documents.append(text[start:end])
+            size += len(documents[-1].encode('utf-8'))
+            start = end
+    return documents
+
+
+def main():
+    config = configure(DEFAULTS, sys.argv[1:])
+    with open(config['input'], encoding='utf-8') as f:
+        text = f.read()
+    documents = make_documents(text, config['megabytes'], config['doc_chars'])
+    enc = get_encoding('gpt2')
+    n_tokens = sum(len(ids) for ids in enc.encode_ordinary_batch(documents))  # without the end-of-text tokens
+    megabytes = sum(len(d.encode('utf-8')) for d in documents) / 1e6
+    print(f'corpus: {megabytes:.1f} MB, {len(documents):,} documents, {n_tokens:,} tokens; '
+          f'{os.cpu_count()} CPUs, all cores = num_proc {config["num_proc"]}')
+
+    seconds = {}  # (what, processes) -> [seconds per repeat]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, 'corpus.jsonl')
+        with open(corpus, 'w', encoding='utf-8') as f:
+            f.writelines(json.dumps({'text': d}) + '\n' for d in documents)
+        for repeat in range(config['repeats']):
+            for procs in sorted({1, config['num_proc']}):
+                start = time.perf_counter()
+                enc.encode_ordinary_batch(documents, num_threads=procs)
+                seconds.setdefault(('tiktoken', procs), []).append(time.perf_counter() - start)
+                start = time.perf_counter()
+                stats = prepare_corpus(corpus, os.path.join(tmp, 'out'), 'gpt2', num_proc=procs)
+                seconds.setdefault(('prepare', procs), []).append(time.perf_counter() - start)
+                assert stats['train_tokens'] + stats['val_tokens'] == n_tokens + len(documents), stats
+            print(f'repeat {repeat + 1}/{config["repeats"]} done', file=sys.stderr)
+
+    print(f'{"":40} {"tokens/s, median (min-max)":>27}   time / tiktoken\'s, median (min-max)')
+    for procs in sorted({1, config['num_proc']}):
+        for what, label in (('tiktoken', 'tiktoken encode_ordinary_batch'), ('prepare', 'prepare.py (read, tokenize, write)')):
+            rates = [n_tokens / s / 1e6 for s in seconds[(what, procs)]]
+            # each repeat's ratio to the tiktoken run just before it, so that drift cancels
+            ratios = [a / b for a, b in zip(seconds[(what, procs)], seconds[('tiktoken', procs)])]
+            print(f'{label:34} x{procs:<3}  {statistics.median(rates):6.2f}M ({min(rates):.2f}-{max(rates):.2f}M)'
+                  f'   {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})')
+
+
+if __name__ == '__main__':
+    cli(main)
