@@ -221,3 +221,25 @@ def test_batches_differ_by_rank_and_step(char_data):
     assert torch.equal(x0, a.get('train', 1, 0, 0)[0])  # a pure function of its key
     assert not torch.equal(x0, b.get('train', 1, 0, 0)[0])
     assert not torch.equal(x0, a.get('train', 1, 1, 0)[0])
+
+
+def test_missing_shakespeare_char_bins_are_prepared(tmp_path):
+    data_dir = tmp_path / 'shakespeare_char'
+    os.makedirs(data_dir)
+    (data_dir / 'input.txt').write_text(open(SHAKESPEARE).read())  # offline: the file a download would fetch
+    losses = train.main([f'--data_dir={data_dir}', '--dataset=shakespeare_char', f'--out_dir={tmp_path}/out',
+                         '--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
+                         '--batch_size=2', '--gradient_accumulation_steps=1', '--max_iters=2', '--eval_iters=1'])
+    assert len(losses) == 2
+    assert os.path.getsize(data_dir / 'train.bin') == 1_003_854 * 2
+    assert common.load_meta(str(data_dir))['vocab_size'] == 65
+
+
+def test_wandb_logging_offline(char_data, tmp_path, monkeypatch):
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_DIR', str(tmp_path))
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    train.main(args(char_data, tmp_path / 'out', '--max_iters=2', '--wandb_log=True', '--wandb_project=test'))
+    runs = [d for d in os.listdir(tmp_path / 'wandb') if d.startswith('offline-run-')]
+    assert len(runs) == 1 and any(f.endswith('.wandb') for f in os.listdir(tmp_path / 'wandb' / runs[0]))
