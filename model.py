@@ -196,6 +196,36 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class TanhGELU(torch.autograd.Function):
+    """GPT-2's GELU, 0.5 x (1 + tanh(c (x + k x^3))), computed as x sigmoid(2c (x + k x^3)): the same function,
+    since 1 + tanh(z) = 2 sigmoid(2z), but faster on CPUs, whose PyTorch tanh kernel is ~4x slower than its
+    sigmoid (F.gelu(approximate='tanh') took ~15% of the CPU recipe's training step). Like F.gelu it keeps one
+    tensor for the backward pass: the derivative itself, so that the backward pass is one multiply."""
+    C, K = math.sqrt(2 / math.pi), 0.044715
+
+    @staticmethod
+    def forward(ctx, x):
+        c2 = x.new_tensor(2 * TanhGELU.C)
+        s = torch.addcmul(c2, x, x, value=2 * TanhGELU.C * TanhGELU.K).mul_(x).sigmoid_()  # sigmoid(v), v = 2c (x + k x^3)
+        if ctx.needs_input_grad[0]:
+            # d/dx x sigmoid(v) = s + x v' s (1 - s), with v' = 2c (1 + 3k x^2)
+            xdv = torch.addcmul(c2, x, x, value=6 * TanhGELU.C * TanhGELU.K).mul_(x)
+            ctx.save_for_backward(torch.ops.aten.sigmoid_backward(xdv, s).add_(s))
+        return s.mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        derivative, = ctx.saved_tensors
+        return grad * derivative
+
+
+def gelu_tanh(x):
+    """F.gelu(x, approximate='tanh'); by TanhGELU for float32 on CPUs (GPUs compute F.gelu in one fused kernel)."""
+    if x.device.type == 'cpu' and x.dtype == torch.float32:
+        return TanhGELU.apply(x)
+    return F.gelu(x, approximate='tanh')
+
+
 class MLP(nn.Module):
     """GPT-2's MLP: Linear, tanh-approximated GELU, Linear."""
 
@@ -207,7 +237,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class SwiGLU(nn.Module):
@@ -544,7 +574,7 @@ def cpu_peak_flops(dtype=torch.float32, n=2048):
     """Best of a few n^3 matmuls in `dtype` on this CPU, the most its matrix units deliver in practice."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = float('inf')
-    for _ in range(4):
+    for _ in range(8):  # the best of several: another process may be running during one of them
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)

@@ -240,6 +240,29 @@ def get_lr(it, cfg):
     return cfg['min_lr'] + coeff * (cfg['learning_rate'] - cfg['min_lr'])
 
 
+def train_step(model, optimizer, scaler, batches, ctx, iter_num, grad_accum, grad_clip, distributed=False):
+    """One optimizer step: grad_accum micro-steps of forward and backward (the GradScaler does nothing unless
+    float16), clip, step, zero_grad. Returns the mean loss, on the device. bench.py times this."""
+    loss_sum = torch.zeros((), device=batches.device)
+    for micro_step in range(grad_accum):
+        x, y = batches.get('train', 1, iter_num, micro_step)
+        if distributed:
+            # sync gradients only on the last micro-step (no_sync would be the official way)
+            model.require_backward_grad_sync = micro_step == grad_accum - 1
+        with ctx:
+            _, loss = model(x, y)
+            loss = loss / grad_accum  # the gradients add up over the micro-steps: take their mean
+        loss_sum += loss.detach()
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 @torch.no_grad()
 def estimate_loss(model, batches, cfg, ctx, rank, world_size):
     """Mean loss over the same eval_iters batches of each split at every eval (comparable across evals),
@@ -370,24 +393,8 @@ def _train(cfg, rank, world_size, master_process):
         lr = get_lr(iter_num, cfg)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            x, y = batches.get('train', 1, iter_num, micro_step)
-            if world_size > 1:
-                # sync gradients only on the last micro-step (no_sync would be the official way)
-                model.require_backward_grad_sync = micro_step == grad_accum - 1
-            with ctx:
-                _, loss = model(x, y)
-                loss = loss / grad_accum  # the gradients add up over the micro-steps: take their mean
-            loss_sum += loss.detach()
-            scaler.scale(loss).backward()
-        if cfg['grad_clip'] != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
+        loss_sum = train_step(model, optimizer, scaler, batches, ctx, iter_num, grad_accum, cfg['grad_clip'],
+                              distributed=world_size > 1)
         lossf = loss_sum.item()  # once per step: cheap, and it catches a diverging run at once
         if not math.isfinite(lossf):
             raise_not_finite(iter_num, cfg, 'the training loss')

@@ -1,0 +1,108 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bench
+import sample
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import generate_speed  # noqa: E402
+import sample_recompute  # noqa: E402
+
+TINY = ['--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32',
+        '--block_size=32', '--batch_size=4', '--steps=3', '--warmup=1', '--prompt_tokens=8', '--generate_tokens=6']
+
+
+def check_result(result, tokens_per_iter):
+    train = result['train']
+    ms = train['ms_per_iter']
+    assert 0 < ms['min'] <= ms['median'] <= ms['max']
+    assert train['tokens_per_iter'] == tokens_per_iter
+    assert train['tokens_per_s'] == pytest.approx(tokens_per_iter / ms['median'] * 1000)
+    assert train['tflops'] == pytest.approx(train['flops_per_token'] * train['tokens_per_s'] / 1e12)
+    assert 0 < train['mfu'] < 1  # against this CPU's measured matmul peak
+    generate = result['generate']
+    assert generate['new_tokens'] == 6 and generate['prompt_tokens'] == 8
+    for key in ('prefill_ms', 'decode_tokens_per_s'):
+        assert 0 < generate[key]['min'] <= generate[key]['median'] <= generate[key]['max']
+
+
+def test_synthetic_json(capsys):
+    result = bench.main(TINY + ['--synthetic=True', '--vocab_size=64', '--json=True'])
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads(json.dumps(result))  # stdout is exactly the JSON
+    assert 'ms/iter' in err and 'tokens/s' in err  # the report went to stderr
+    assert result['data'] == 'synthetic' and result['model_args']['vocab_size'] == 64
+    check_result(result, 4 * 32)
+
+
+def test_real_data(tmp_path, capsys):
+    """Batches come from the memmapped bins; gradient accumulation multiplies the tokens per step."""
+    np.random.default_rng(0).integers(0, 50, size=2000, dtype=np.uint16).tofile(tmp_path / 'train.bin')
+    np.random.default_rng(1).integers(0, 50, size=500, dtype=np.uint16).tofile(tmp_path / 'val.bin')
+    result = bench.main(TINY + [f'--data_dir={tmp_path}', '--gradient_accumulation_steps=2', '--vocab_size=50'])
+    assert result['data'] == str(tmp_path) and result['config']['synthetic'] is False
+    check_result(result, 2 * 4 * 32)
+    out = capsys.readouterr().out
+    assert 'MFU' in out and 'decode' in out
+
+
+def test_cpu_defaults():
+    cfg = dict(bench.DEFAULTS, device='cpu')
+    bench.resolve(cfg)
+    assert (cfg['batch_size'], cfg['block_size'], cfg['steps'], cfg['warmup']) == (1, 256, 10, 2)
+    assert (cfg['n_layer'], cfg['n_embd']) == (12, 768)  # GPT-2 124M
+    given = dict(bench.DEFAULTS, device='cpu', batch_size=64, steps=5)
+    bench.resolve(given)
+    assert (given['batch_size'], given['steps'], given['block_size']) == (64, 5, 256)
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--steps=0', 'steps=0 must be at least 1'),
+    ('--generate_tokens=1', 'generate_tokens=1 must be at least 2'),
+    ('--prompt_tokens=33', 'prompt_tokens=33 is longer than the context'),
+    ('--peak_flops=-1', 'peak_flops=-1.0 must be positive'),
+])
+def test_bad_input(arg, message):
+    with pytest.raises(ValueError, match=message):
+        bench.main(TINY + ['--synthetic=True', '--vocab_size=64', arg])
+
+
+def test_cli_error_is_one_line():
+    proc = subprocess.run([sys.executable, 'bench.py', '--steps=0', '--device=cpu'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == 'error: steps=0 must be at least 1'
+
+
+def test_profile_without_generation(tmp_path):
+    result = bench.main(TINY + ['--synthetic=True', '--vocab_size=64', '--profile=True', '--generate_tokens=0',
+                                f'--out_dir={tmp_path}'])
+    assert 'generate' not in result
+    with open(result['profile_trace']) as f:
+        assert json.load(f)['traceEvents']
+
+
+def test_recompute_baseline_matches_sample_py(tmp_path, capsys):
+    """benchmarks/sample_recompute.py (nanoGPT's loop, no cache) on a checkpoint as generate_speed.py writes it
+    gives sample.py's greedy text, past the context (block 16, 40 tokens)."""
+    _, config = generate_speed.make_model('mini', tmp_path)  # writes the 65-character meta.pkl
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65))
+    generate_speed.save_random_checkpoint(model, config, tmp_path)
+    argv = [f'--out_dir={tmp_path}', '--num_samples=2', '--max_new_tokens=40', '--temperature=0', '--start=To be',
+            '--device=cpu', '--dtype=float32']
+    cached = sample.main(argv)
+    recomputed = sample_recompute.main(argv)
+    assert recomputed == cached and len(cached[0]) == len('To be') + 40
+    assert sample.SEPARATOR in capsys.readouterr().out
+
+
+def test_generate_speed_in_process():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65))
+    rates = generate_speed.in_process(model, {'runs': 2, 'new_tokens': 20})
+    assert len(rates['cache']) == len(rates['recompute']) == 2 and min(rates['cache'] + rates['recompute']) > 0
