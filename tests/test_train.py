@@ -243,3 +243,12 @@ def test_wandb_logging_offline(char_data, tmp_path, monkeypatch):
     train.main(args(char_data, tmp_path / 'out', '--max_iters=2', '--wandb_log=True', '--wandb_project=test'))
     runs = [d for d in os.listdir(tmp_path / 'wandb') if d.startswith('offline-run-')]
     assert len(runs) == 1 and any(f.endswith('.wandb') for f in os.listdir(tmp_path / 'wandb' / runs[0]))
+
+
+@pytest.mark.parametrize('path', sorted(f'config/{f}' for f in os.listdir(os.path.join(ROOT, 'config'))))
+def test_every_shipped_config_loads(path):
+    """Each config file only sets known keys with the right types, and describes a valid model."""
+    cfg = train.configure(train.DEFAULTS, [os.path.join(ROOT, path)], train.TYPES_OF_NONE)
+    model_args = {k: cfg[k] for k in train.MODEL_KEYS}
+    model_args['vocab_size'] = cfg['vocab_size'] or 50304
+    train.GPTConfig(**model_args)
