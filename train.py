@@ -302,6 +302,8 @@ def _train(cfg, rank, world_size, master_process):
     if device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if device == 'cpu':
+        common.keep_freed_memory()
     ctx = common.autocast(device, dtype)
 
     data_dir = ensure_data(cfg, master_process)

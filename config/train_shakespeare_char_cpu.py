@@ -1,29 +1,39 @@
-# a character-level GPT on Tiny Shakespeare for a laptop CPU: nanoGPT's README CPU recipe as a config file,
-# about two minutes on 2 cores, val loss about 1.88
-# python train.py config/train_shakespeare_char_cpu.py && python sample.py --out_dir=out-shakespeare-char-cpu
+# a small GPT on Tiny Shakespeare, characters, for a CPU: about 35 s on 2 cores, val loss about 1.81
+# python train.py config/train_shakespeare_char_cpu.py
+# python sample.py --out_dir=out-shakespeare-char-cpu
+# nanoGPT's README CPU recipe (4 layers x 128, GPT-2 blocks, 2000 iterations) reaches val loss 1.88 in ~108 s
+# on the same machine; this one gets there sooner by giving up depth for modern blocks and by evaluating
+# once at the end. How it was chosen: docs/benchmarks.md (training).
 
 out_dir = 'out-shakespeare-char-cpu'
-eval_interval = 250
-eval_iters = 20
+eval_interval = 900  # evaluate at the start and at the end only: an evaluation costs ~1 s here
+eval_iters = 50  # 50 x 16 x 64 = 51k tokens of each split (val.bin has 112k)
 log_interval = 50
-always_save_checkpoint = False  # keep the best model only
+always_save_checkpoint = False
 
 dataset = 'shakespeare_char'
 gradient_accumulation_steps = 1
-batch_size = 12
-block_size = 64
+batch_size = 16
+block_size = 64  # context of up to 64 previous characters
 
-n_layer = 4
+# 2 layers of modern blocks learn faster per second here than nanoGPT's 4 GPT-2 blocks (0.4M parameters)
+n_layer = 2
 n_head = 4
 n_embd = 128
-dropout = 0.0
+norm = 'rmsnorm'
+pos_emb = 'rope'  # rotary positions: the largest gain of the three
+mlp = 'swiglu'
+d_ff = 352  # ~8/3 x n_embd (rounded to a multiple of 32): as many MLP weights as GELU's 4 x n_embd
+dropout = 0.0  # too short a run to overfit
+bias = False
 
-learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
+learning_rate = 2e-3
+max_iters = 900
+lr_decay_iters = 900  # = max_iters
 min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 100
+beta2 = 0.99  # a bit larger: few tokens per iteration
+warmup_iters = 50
 
 device = 'cpu'
-compile = False
+compile = False  # compiling takes longer than this whole run
+dtype = 'float32'  # a model this small gains nothing from bf16 autocast, even on CPUs that have it

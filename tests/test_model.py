@@ -273,6 +273,21 @@ def test_flops_and_mfu():
     assert mfu == pytest.approx(model.flops_per_token(16) * 16 * 4 / 0.5 / 1e9)
 
 
+def test_tanh_gelu_equals_f_gelu():
+    """The sigmoid form of GPT-2's GELU (model.TanhGELU): value and gradient as F.gelu's, to float32 rounding."""
+    from model import gelu_tanh
+    x = (torch.randn(10_000, dtype=torch.float64) * 4).requires_grad_()
+    ref = F.gelu(x, approximate='tanh')
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+    x32 = x.detach().float().requires_grad_()
+    y = gelu_tanh(x32)
+    y.sum().backward()
+    assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(x32.grad.double(), ref_grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # no derivative is kept, the value is the same
+        assert torch.equal(gelu_tanh(x32), y)
+
+
 def test_dropout_only_in_training_mode():
     model = tiny_model(dropout=0.5)
     idx = torch.randint(0, 37, (2, 16))
