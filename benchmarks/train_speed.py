@@ -10,7 +10,7 @@ its launch to its exit, with every line of its output time-stamped.
 
 Presets: 'recipe' is nanoGPT's README CPU recipe (config/train_shakespeare_char.py with its flags);
 'cpu' is config/train_shakespeare_char_cpu.py as it stands; 'baby' is config/train_shakespeare_char.py
-as it stands (the GPU baby GPT, 6x6x384, block 256, batch 64) on this CPU.
+(the GPU baby GPT, 6x6x384, block 256, batch 64) on this CPU, evaluating on 1 batch only.
 Per run it prints the whole-process wall time, the median ms per iteration (train.py's own timing,
 which leaves out evaluation; the first 5 iterations are skipped) with its 10th-90th percentile,
 tokens/s, the time at which val loss first went below --target, the last val loss and the peak RSS.
@@ -39,7 +39,8 @@ RECIPE = ['--device=cpu', '--compile=False', '--eval_iters=20', '--log_interval=
 PRESETS = {
     'recipe': [os.path.join(ROOT, 'config', 'train_shakespeare_char.py'), *RECIPE],
     'cpu': [os.path.join(ROOT, 'config', 'train_shakespeare_char_cpu.py')],
-    'baby': [os.path.join(ROOT, 'config', 'train_shakespeare_char.py'), '--device=cpu', '--compile=False'],
+    'baby': [os.path.join(ROOT, 'config', 'train_shakespeare_char.py'), '--device=cpu', '--compile=False',
+             '--eval_iters=1', '--log_interval=1'],  # an evaluation of 200 batches would take 25 minutes here
 }
 DEFAULTS = {
     'preset': 'recipe',
@@ -68,11 +69,8 @@ def run(tree, args, target, verbose):
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise ValueError(f'{" ".join(cmd)} failed in {tree}:\n' + ''.join(text for _, text in lines[-20:]))
-    ms = []  # train.py's own per-iteration times, past the first 5 iterations
-    for _, text in lines:
-        m = re.match(r'iter (\d+):.* time ([\d.]+)ms', text)
-        if m and int(m.group(1)) > 5:
-            ms.append(float(m.group(2)))
+    ms = [float(m.group(1)) for _, text in lines if (m := re.match(r'iter \d+:.* time ([\d.]+)ms', text))]
+    ms = ms[5:] if len(ms) > 10 else ms[1:]  # train.py's own per-iteration times, past the first (allocations)
     tokens = next(int(m.group(1).replace(',', '')) for _, text in lines
                   if (m := re.search(r'([\d,]+) tokens per iteration', text)))
     evals = [(t, float(m.group(1))) for t, text in lines if (m := re.match(r'step \d+: .*val loss ([\d.]+)', text))]
