@@ -1,5 +1,6 @@
 """
-Configuration as in nanoGPT: config files, then --key=value overrides, applied in order.
+The command line, as in nanoGPT: config files, then --key=value overrides, applied in order; and the
+one-line error that every script ends with when its input is wrong.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 
@@ -12,6 +13,7 @@ type and a missing file are errors (ConfigError) that say what to write instead.
 import ast
 import difflib
 import os
+import sys
 import types
 
 
@@ -19,12 +21,14 @@ class ConfigError(ValueError):
     pass
 
 
-def configure(defaults, argv, types_of_none=None):
+def configure(defaults, argv, types_of_none=None, given=None):
     """Return a copy of `defaults` updated by argv (config file paths and --key=value).
     The type of each key is the type of its default; for keys whose default is None,
-    types_of_none gives it ({'d_ff': int}). The keys in types_of_none also accept None."""
+    types_of_none gives it ({'d_ff': int}). The keys in types_of_none also accept None.
+    The keys that argv sets, by a file or an override, are added to the set `given` if one is passed."""
     config = dict(defaults)
     types_of_none = types_of_none or {}
+    given = set() if given is None else given
     for arg in argv:
         if arg in ('-h', '--help'):
             print(usage(defaults))
@@ -37,10 +41,14 @@ def configure(defaults, argv, types_of_none=None):
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text  # a bare word such as cpu or resume is a string
+            if isinstance(defaults.get(key), str) and not isinstance(value, str):
+                value = text  # a string key keeps number-like text as it is: --start=1984, --out_dir=2024
             config[key] = check(defaults, key, value, f'--{key}', types_of_none)
+            given.add(key)
         else:
             for key, value in read_config_file(arg, config).items():
                 config[key] = check(defaults, key, value, arg, types_of_none)
+                given.add(key)
     return config
 
 
@@ -87,3 +95,18 @@ def usage(defaults):
     lines = ['usage: python SCRIPT.py [config/FILE.py ...] [--key=value ...]', '', 'keys and their defaults:']
     lines += [f'  --{k}={v!r}' for k, v in defaults.items()]
     return '\n'.join(lines)
+
+
+def cli(main):
+    """Run main(); an expected error (bad input: ValueError, OSError) becomes one line on stderr and
+    exit code 1, a traceback meaning a bug. Set TRACEBACK=1 to see the traceback of any error."""
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        if os.environ.get('TRACEBACK'):
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)

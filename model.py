@@ -15,10 +15,8 @@ tied embeddings). Modern options are plain GPTConfig fields picked at constructi
     out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=200)
 """
 
-import functools
 import inspect
 import math
-import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -198,36 +196,6 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-class TanhGELU(torch.autograd.Function):
-    """GPT-2's GELU, 0.5 x (1 + tanh(c (x + k x^3))), computed as x sigmoid(2c (x + k x^3)): the same function,
-    since 1 + tanh(z) = 2 sigmoid(2z), but faster on CPUs, whose PyTorch tanh kernel is ~4x slower than its
-    sigmoid (F.gelu(approximate='tanh') took ~15% of the CPU recipe's training step). Like F.gelu it keeps one
-    tensor for the backward pass: the derivative itself, so that the backward pass is one multiply."""
-    C, K = math.sqrt(2 / math.pi), 0.044715
-
-    @staticmethod
-    def forward(ctx, x):
-        c2 = x.new_tensor(2 * TanhGELU.C)
-        s = torch.addcmul(c2, x, x, value=2 * TanhGELU.C * TanhGELU.K).mul_(x).sigmoid_()  # sigmoid(v), v = 2c (x + k x^3)
-        if ctx.needs_input_grad[0]:
-            # d/dx x sigmoid(v) = s + x v' s (1 - s), with v' = 2c (1 + 3k x^2)
-            xdv = torch.addcmul(c2, x, x, value=6 * TanhGELU.C * TanhGELU.K).mul_(x)
-            ctx.save_for_backward(torch.ops.aten.sigmoid_backward(xdv, s).add_(s))
-        return s.mul_(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        derivative, = ctx.saved_tensors
-        return grad * derivative
-
-
-def gelu_tanh(x):
-    """F.gelu(x, approximate='tanh'); by TanhGELU for float32 on CPUs (GPUs compute F.gelu in one fused kernel)."""
-    if x.device.type == 'cpu' and x.dtype == torch.float32:
-        return TanhGELU.apply(x)
-    return F.gelu(x, approximate='tanh')
-
-
 class MLP(nn.Module):
     """GPT-2's MLP: Linear, tanh-approximated GELU, Linear."""
 
@@ -357,58 +325,6 @@ class GPT(nn.Module):
             self.rotary.cos = self.rotary.cos[:block_size]
             self.rotary.sin = self.rotary.sin[:block_size]
 
-    @classmethod
-    def from_pretrained(cls, name_or_path, override_args=None):
-        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', from the Hugging Face hub: its cache,
-        HF_HOME, HF_HUB_OFFLINE and tokens apply) or a local Hugging Face GPT-2 folder (config.json with
-        model.safetensors, sharded safetensors or pytorch_model.bin). The architecture is the checkpoint's:
-        override_args may only change dropout."""
-        import json
-        from safetensors.torch import load_file
-        override_args = dict(override_args or {})
-        fixed = sorted(set(override_args) - {'dropout'})
-        if fixed:
-            raise ValueError(f"cannot override {', '.join(fixed)} of a pretrained model: the architecture comes from "
-                             "its config.json and only 'dropout' may be overridden")
-        config_file, weight_files = hf_gpt2_files(name_or_path)
-        with open(config_file) as f:
-            config = GPTConfig(**gpt2_args_from_hf(json.load(f), config_file), **override_args)
-        model = cls(config)
-        hf_sd = {}
-        for path in weight_files:
-            try:
-                hf_sd.update(load_file(path) if path.endswith('.safetensors')
-                             else torch.load(path, map_location='cpu', weights_only=True))
-            except Exception as e:
-                reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
-                raise ValueError(f'{path} is unreadable or corrupt ({reason}): download or save it again') from None
-        # Hugging Face names, less the 'transformer.' prefix that GPT2LMHeadModel adds and GPT2Model (OpenAI's
-        # hub files) lacks; its Conv1D layers store weights as (in, out), nn.Linear as (out, in)
-        conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        loaded = {}
-        for k, v in hf_sd.items():
-            k = k.removeprefix('transformer.')
-            if k.endswith(('.attn.bias', '.attn.masked_bias')) or (k == 'lm_head.weight' and config.tie_embeddings):
-                continue  # the causal-mask buffers of old checkpoints; a tied lm_head is wte
-            loaded[k if k == 'lm_head.weight' else 'transformer.' + k] = v.t() if k.endswith(conv1d) else v
-        sd = model.state_dict()
-        expected = {k for k in sd if not (k == 'lm_head.weight' and config.tie_embeddings)}
-        problems = {
-            'missing': sorted(expected - set(loaded)),
-            'unexpected': sorted(set(loaded) - expected),
-            'wrongly shaped': [f'{k} {tuple(loaded[k].shape)} (expected {tuple(sd[k].shape)})'
-                               for k in sorted(expected & set(loaded)) if loaded[k].shape != sd[k].shape],
-        }
-        if any(problems.values()):
-            listed = '; '.join(f"{what}: {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"
-                               for what, keys in problems.items() if keys)
-            raise ValueError(f'{name_or_path} does not hold the GPT-2 its config.json describes ({listed}); '
-                             'the weight files may be from another model or truncated')
-        with torch.no_grad():
-            for k, v in loaded.items():
-                sd[k].copy_(v)  # a tied wte fills lm_head too; fp16/bf16 files are upcast to the model's fp32
-        return model
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (2-D tensors) only, not on biases and norm gains."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -426,22 +342,21 @@ class GPT(nn.Module):
         T = seq_len or self.config.block_size
         return 6 * self.get_num_params(non_embedding=True) + 12 * self.config.n_layer * T * self.config.n_embd
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, seq_len=None, device=None, dtype=torch.bfloat16, peak_flops=None):
-        """Model FLOPs utilization: achieved FLOP/s over the peak of the device in use (see peak_flops)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops, seq_len=None):
+        """Model FLOPs utilization: the FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as a
+        fraction of the device's peak_flops (machine.peak_flops)."""
         T = seq_len or self.config.block_size
-        achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / dt
-        if peak_flops is None:
-            peak_flops = device_peak_flops(device or next(self.parameters()).device, dtype)
-        return achieved / peak_flops
+        return self.flops_per_token(T) * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None, vocab_size=None):
         """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens, with a key/value cache:
         the prompt is run once (prefill), then each new token costs one position. temperature=0 is greedy.
         Past block_size the context is cropped: when the cache is full, the last block_size // 2 tokens are
         re-run as a fresh prefill and generation goes on from there, so each token sees at least half a
         context and the re-prefill costs one forward pass every block_size // 2 tokens.
-        on_token(tokens (B, 1)) is called after each step, for streaming."""
+        on_token(tokens (B, 1)) is called after each step, for streaming. vocab_size limits sampling to the ids
+        below it: a tokenizer may decode fewer ids than the model's padded vocabulary."""
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -450,7 +365,7 @@ class GPT(nn.Module):
         cache = KVCache(self.config, idx.size(0), block_size, idx.device, dtype)
         logits, _ = self(idx[:, -block_size:], kv_cache=cache)
         for _ in range(max_new_tokens):
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)
+            idx_next = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
             if on_token is not None:
                 on_token(idx_next)
@@ -463,77 +378,13 @@ class GPT(nn.Module):
         return idx
 
 
-def hf_gpt2_files(name_or_path):
-    """config.json and the weight files of OpenAI's GPT-2 `name` (hub or cache) or of a local Hugging Face folder."""
-    import os
-    names = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-    if name_or_path in names:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-        files = ('config.json', 'model.safetensors')
-        try:
-            paths = [hf_hub_download(f'openai-community/{name_or_path}', f) for f in files]
-        except Exception as e:
-            try:  # a cache filled under the old repo name, e.g. by transformers' from_pretrained('gpt2')
-                paths = [hf_hub_download(name_or_path, f, local_files_only=True) for f in files]
-            except Exception:
-                reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
-                if isinstance(e, LocalEntryNotFoundError):
-                    reason = 'no network or HF_HUB_OFFLINE=1, and not in the Hugging Face cache'
-                raise OSError(f'could not download {name_or_path} ({reason}): put a Hugging Face GPT-2 folder '
-                              f'(config.json + model.safetensors of openai-community/{name_or_path}) here and pass '
-                              'its path instead, or fill the Hugging Face cache on a machine with internet (`hf download '
-                              f'openai-community/{name_or_path} config.json model.safetensors`) and copy it here '
-                              '(~/.cache/huggingface, or $HF_HOME)') from None
-        return paths[0], paths[1:]
-    if not os.path.isdir(name_or_path):
-        raise ValueError(f"{name_or_path!r} is neither a GPT-2 name ({', '.join(names)}) nor a folder: pass one of the "
-                         'names, or the path of a Hugging Face GPT-2 folder (config.json + model.safetensors)')
-    config_file = os.path.join(name_or_path, 'config.json')
-    index = os.path.join(name_or_path, 'model.safetensors.index.json')
-    if os.path.isfile(index):  # sharded: the index maps each tensor to its file
-        import json
-        with open(index) as f:
-            weight_files = [os.path.join(name_or_path, n) for n in sorted(set(json.load(f)['weight_map'].values()))]
-    else:  # one file, safetensors preferred
-        weight_files = [os.path.join(name_or_path, n) for n in ('model.safetensors', 'pytorch_model.bin')]
-        weight_files = [p for p in weight_files if os.path.isfile(p)][:1]
-    if not os.path.isfile(config_file) or not weight_files:
-        raise ValueError(f'{name_or_path} is not a Hugging Face GPT-2 folder: it needs config.json and '
-                         "model.safetensors (or pytorch_model.bin), as transformers' save_pretrained writes them")
-    return config_file, weight_files
-
-
-def gpt2_args_from_hf(hf, source):
-    """GPTConfig arguments for a Hugging Face GPT-2 config.json (a dict), refusing the options this GPT cannot
-    compute exactly (each named with its value)."""
-    required = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')
-    # field: (GPT2Config's default, the values this GPT reproduces)
-    supported = {
-        'model_type': ('gpt2', ('gpt2',)),
-        'activation_function': ('gelu_new', ('gelu_new', 'gelu_pytorch_tanh')),  # both are GELU's tanh approximation
-        'layer_norm_epsilon': (1e-5, (1e-5,)),
-        'scale_attn_weights': (True, (True,)),
-        'scale_attn_by_inverse_layer_idx': (False, (False,)),
-        'reorder_and_upcast_attn': (False, (False,)),
-        'add_cross_attention': (False, (False,)),
-    }
-    problems = [f'{k} is missing' for k in required if k not in hf]
-    problems += [f'{k}={hf[k]!r} (supported: {", ".join(map(repr, ok))})'
-                 for k, (default, ok) in supported.items() if hf.get(k, default) not in ok]
-    if problems:
-        raise ValueError(f"{source} describes a model this GPT cannot reproduce exactly: {'; '.join(problems)}")
-    return dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], block_size=hf['n_positions'],
-                vocab_size=hf['vocab_size'], d_ff=hf.get('n_inner') or 4 * hf['n_embd'], bias=True,
-                tie_embeddings=hf.get('tie_word_embeddings', True))
-
-
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Pick the next token from last-position logits (B, vocab): greedy when temperature is 0, else sample
     from the softmax at that temperature, keeping the top_k most likely and the nucleus of mass top_p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # the top logit is 0: no overflow to NaN
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits[logits < v[:, [-1]]] = -float('inf')
@@ -547,39 +398,37 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     return torch.multinomial(probs, num_samples=1)
 
 
-# Dense (no sparsity) peak FLOP/s of accelerators in bf16/fp16 tensor-core math, by device-name substring,
-# most specific first. Sources: NVIDIA A100, H100 and H200 datasheets.
-GPU_PEAK_FLOPS = [
-    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12),
-    ('A100', 312e12), ('A10G', 125e12), ('L4', 121e12), ('V100', 125e12), ('T4', 65e12),
-    ('RTX 4090', 165e12), ('RTX 3090', 71e12),
-]
+# ----------------------------------------------------------------------------------------------
+# CPU fast path: GPT-2's GELU without the tanh kernel
 
 
-def device_peak_flops(device, dtype=torch.bfloat16):
-    """Peak FLOP/s of `device` for matmuls in `dtype`. GPUs from the table above (fp32 counts as TF32 there);
-    a CPU is measured once with a large matmul, since no table can know every CPU."""
-    device = torch.device(device)
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_FLOPS:
-            if key in name:
-                return flops
-        raise ValueError(f'unknown GPU {name!r}: pass its peak FLOP/s explicitly (peak_flops=, bench.py --peak_flops=)')
-    if device.type == 'cpu':
-        return cpu_peak_flops(dtype)
-    raise ValueError(f'no peak FLOP/s known for device {device}: pass it explicitly (peak_flops=)')
+class TanhGELU(torch.autograd.Function):
+    """GPT-2's GELU, 0.5 x (1 + tanh(c (x + k x^3))), computed as x sigmoid(2c (x + k x^3)): the same function,
+    since 1 + tanh(z) = 2 sigmoid(2z), but faster on CPUs, whose PyTorch tanh kernel is ~4x slower than its
+    sigmoid: forward + backward 2.4x faster than F.gelu(approximate='tanh') on the CPU recipe's activations
+    (which made it ~15% of the step), as fast on large ones, where memory traffic bounds both. Like F.gelu it
+    keeps one tensor for the backward pass: the derivative itself, so that the backward pass is one multiply."""
+    C, K = math.sqrt(2 / math.pi), 0.044715
+
+    @staticmethod
+    def forward(ctx, x):
+        c2 = x.new_tensor(2 * TanhGELU.C)
+        s = torch.addcmul(c2, x, x, value=2 * TanhGELU.C * TanhGELU.K).mul_(x).sigmoid_()  # sigmoid(v), v = 2c (x + k x^3)
+        if ctx.needs_input_grad[0]:
+            # d/dx x sigmoid(v) = s + x v' s (1 - s), with v' = 2c (1 + 3k x^2)
+            d = torch.addcmul(c2, x, x, value=6 * TanhGELU.C * TanhGELU.K).mul_(x)  # x v'
+            torch.ops.aten.sigmoid_backward.grad_input(d, s, grad_input=d)  # x v' s (1 - s), in place
+            ctx.save_for_backward(d.add_(s))
+        return s.mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        derivative, = ctx.saved_tensors
+        return grad * derivative
 
 
-@functools.cache
-def cpu_peak_flops(dtype=torch.float32, n=1024):
-    """Best of a few n^3 matmuls in `dtype` on this CPU, the most its matrix units deliver in practice.
-    n=1024 measures within 3% of n=2048 on 2 cores in an eighth of the time (~0.1 s instead of ~0.8 s),
-    which every CPU training run pays at its start."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    best = float('inf')
-    for _ in range(8):  # the best of several: another process may be running during one of them
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+def gelu_tanh(x):
+    """F.gelu(x, approximate='tanh'); by TanhGELU for float32 on CPUs (GPUs compute F.gelu in one fused kernel)."""
+    if x.device.type == 'cpu' and x.dtype == torch.float32:
+        return TanhGELU.apply(x)
+    return F.gelu(x, approximate='tanh')

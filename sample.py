@@ -9,20 +9,21 @@ All samples are generated together as one batch, with a key/value cache; the fir
 the batch is printed as it is generated, the others when the batch is done.
 """
 
-import os
+import contextlib
 import sys
 import time
 
 import torch
 
-import common
-from configurator import configure
-from model import GPT
+import checkpoint
+import machine
+from atomic import atomic_path
+from configurator import cli, configure
 
 DEFAULTS = dict(
     init_from='resume',  # 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a folder holding a Hugging Face GPT-2
     out_dir='out',
-    data_dir='',  # where the tokenizer (meta.pkl) lives; '' means data/<the checkpoint's dataset>
+    data_dir='',  # where the tokenizer (meta.pkl) lives; '' means the checkpoint's data (GPT-2 BPE for gpt2*)
     start='\n',  # the prompt, or FILE:path to read it from a file
     num_samples=10,
     max_new_tokens=500,
@@ -52,25 +53,6 @@ def check_options(cfg):
         raise ValueError(f"num_samples={cfg['num_samples']} must be at least 1")
 
 
-def load_model_and_tokenizer(cfg):
-    """The model to sample and the tokenizer of the data it was trained on."""
-    init_from = cfg['init_from']
-    if init_from == 'resume':
-        checkpoint = common.load_checkpoint(os.path.join(cfg['out_dir'], 'ckpt.pt'))
-        model = common.model_from_checkpoint(checkpoint)
-        train_cfg = checkpoint.get('config', {})
-        data_dir = cfg['data_dir'] or train_cfg.get('data_dir') or (
-            os.path.join('data', train_cfg['dataset']) if 'dataset' in train_cfg else '')
-        tokenizer = common.Tokenizer(common.load_meta(data_dir) if data_dir else None)
-    else:
-        model = GPT.from_pretrained(init_from)
-        tokenizer = common.Tokenizer(None)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
-                         f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')
-    return model, tokenizer
-
-
 def read_prompt(start):
     if start.startswith('FILE:'):
         with open(start[5:], encoding='utf-8') as f:
@@ -98,22 +80,21 @@ def print_now(text):
     sys.stdout.flush()
 
 
-def generate_samples(model, tokenizer, cfg, write=print_now):
-    """Generate cfg['num_samples'] continuations of the prompt as one batch and write them as they come;
-    returns the list of sample texts (prompt included)."""
+def generate_samples(model, tokenizer, m, cfg, write=print_now):
+    """Generate cfg['num_samples'] continuations of the prompt as one batch on the Machine m and write them as
+    they come; returns the list of sample texts (prompt included). Only ids the tokenizer decodes are sampled."""
     prompt_ids = tokenizer.encode(read_prompt(cfg['start']))
     if not prompt_ids:
         raise ValueError('the prompt is empty: give one with --start=TEXT or --start=FILE:path')
     if len(prompt_ids) > model.config.block_size:
         raise ValueError(f'the prompt is {len(prompt_ids)} tokens long, more than the model\'s context of '
                          f'{model.config.block_size}: shorten it')
-    device = cfg['device']
-    idx = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None].repeat(cfg['num_samples'], 1)
+    idx = torch.tensor(prompt_ids, dtype=torch.long, device=m.device)[None].repeat(cfg['num_samples'], 1)
     streamer = Streamer(tokenizer, prompt_ids, write)
     write(tokenizer.decode(prompt_ids))
-    with common.autocast(device, cfg['dtype']):
+    with m.autocast():
         out = model.generate(idx, cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
-                             top_p=cfg['top_p'], on_token=streamer)
+                             top_p=cfg['top_p'], on_token=streamer, vocab_size=tokenizer.vocab_size)
     samples = [tokenizer.decode(row.tolist()) for row in out]
     write(samples[0][streamer.printed:] + '\n' + SEPARATOR + '\n')
     for text in samples[1:]:
@@ -124,23 +105,24 @@ def generate_samples(model, tokenizer, cfg, write=print_now):
 def main(argv=None):
     cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
     check_options(cfg)
-    cfg['device'] = common.resolve_device(cfg['device'])
-    cfg['dtype'] = common.resolve_dtype(cfg['dtype'], cfg['device'])
-    torch.manual_seed(cfg['seed'])
-    model, tokenizer = load_model_and_tokenizer(cfg)
-    model.eval().to(cfg['device'])
-    if cfg['compile']:
+    m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'])
+    model, tokenizer = checkpoint.load_for_sampling(cfg['init_from'], cfg['out_dir'], cfg['data_dir'])
+    model.eval().to(m.device)
+    if m.compile:
         model.compile()  # in place, so that generate's calls to the model run compiled
-    t0 = time.time()
-    samples = generate_samples(model, tokenizer, cfg)
-    dt = time.time() - t0
-    print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
-          f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s)", file=sys.stderr)
-    if cfg['out_file']:
-        with common.atomic_path(cfg['out_file']) as tmp, open(tmp, 'w', encoding='utf-8') as f:
-            f.write(''.join(text + '\n' + SEPARATOR + '\n' for text in samples))
+    torch.manual_seed(cfg['seed'])
+    # the output file is opened before generating, so that a path that cannot be written fails at once
+    with atomic_path(cfg['out_file']) if cfg['out_file'] else contextlib.nullcontext() as out_tmp:
+        t0 = time.time()
+        samples = generate_samples(model, tokenizer, m, cfg)
+        dt = time.time() - t0
+        print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
+              f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s)", file=sys.stderr)
+        if out_tmp:
+            with open(out_tmp, 'w', encoding='utf-8') as f:
+                f.write(''.join(text + '\n' + SEPARATOR + '\n' for text in samples))
     return samples
 
 
 if __name__ == '__main__':
-    common.cli(main)
+    cli(main)

@@ -20,9 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
-from common import cli
-from configurator import configure
-from prepare import prepare_corpus
+from configurator import cli, configure
+from corpus import prepare_corpus
 
 REPO = 'Skylion007/openwebtext'
 DEFAULTS = {

@@ -11,9 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
-from common import cli
-from configurator import configure
-from prepare import prepare_builtin
+from configurator import cli, configure
+from corpus import prepare_builtin
 
 
 def main():

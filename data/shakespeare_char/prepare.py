@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
-from common import cli, load_meta
-from configurator import configure
-from prepare import prepare_builtin
+from configurator import cli, configure
+from corpus import prepare_builtin
+from dataset import load_meta
 
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,0 +1,174 @@
+"""
+A prepared dataset: data/<name>/train.bin and val.bin, one long stream of token ids each, and meta.pkl,
+which says how to read them. The batches a training run draws from them, and the tokenizer that turns
+text into ids and back.
+
+meta.pkl is a dict of plain values: vocab_size, dtype ('uint16' | 'uint32'), tokenizer ('char' or a
+tiktoken encoding such as 'gpt2'), for 'char' the stoi / itos tables, and the token counts of the two
+bins (train_tokens, val_tokens), which are checked on reading so that bins and meta of two different
+preparations are never read together. nanoGPT's meta.pkl (char, no dtype, tokenizer or counts) and its
+meta-less GPT-2 bins read as uint16 / gpt2. A meta.pkl is read without running anything: only plain
+types (dict, list, str, numbers) are admitted, where pickle.load would run whatever a file asks for.
+"""
+
+import io
+import os
+import pickle
+
+import numpy as np
+import torch
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, tuples, sets, strings, bytes, numbers, booleans and None, nothing else: those
+    need no class lookup, and every class lookup (how a pickle runs code) is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f'it asks for {module}.{name}, and only plain values are allowed')
+
+
+def load_meta(data_dir):
+    """The dataset's meta.pkl with defaults filled in, or None when it has none (nanoGPT's GPT-2 bins)."""
+    path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, 'rb') as f:
+            meta = PlainUnpickler(io.BytesIO(f.read())).load()
+    except Exception as e:
+        raise ValueError(f'{path} is unreadable ({type(e).__name__}: {e}): it is damaged or not a dataset\'s '
+                         'meta.pkl; prepare the dataset again (data/<name>/prepare.py or prepare.py)') from None
+    problems = meta_problems(meta)
+    if problems:
+        raise ValueError(f"{path} is incomplete or wrong ({'; '.join(problems)}): prepare the dataset again")
+    meta.setdefault('dtype', 'uint16')
+    meta.setdefault('tokenizer', 'char' if 'stoi' in meta else 'gpt2')
+    return meta
+
+
+def meta_problems(meta):
+    if not isinstance(meta, dict):
+        return [f'it holds a {type(meta).__name__}, not a dict']
+    out = []
+    if not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
+        out.append(f"vocab_size={meta.get('vocab_size')!r} is not a positive integer")
+    if meta.get('dtype', 'uint16') not in ('uint16', 'uint32'):
+        out.append(f"dtype={meta['dtype']!r} is not 'uint16' or 'uint32'")
+    if meta.get('tokenizer', 'char' if 'stoi' in meta else 'gpt2') == 'char':
+        stoi, itos = meta.get('stoi'), meta.get('itos')
+        if not isinstance(stoi, dict) or not isinstance(itos, dict) or len(stoi) != len(itos):
+            out.append('a char tokenizer needs stoi and itos tables of the same size')
+        elif sorted(itos) != list(range(len(itos))) or any(stoi.get(c) != i for i, c in itos.items()):
+            out.append('stoi and itos are not inverse tables of the ids 0..n-1')
+    return out
+
+
+def token_dtype(meta):
+    return np.dtype(meta['dtype'] if meta else 'uint16')
+
+
+def vocab_dtype(vocab_size):
+    """The smallest unsigned integer type that holds every token id."""
+    return 'uint16' if vocab_size <= 2 ** 16 else 'uint32'
+
+
+def check_bins(data_dir, meta, block_size):
+    """Each split's number of tokens, after checking that the bins exist, belong to this meta.pkl and hold
+    more than one block."""
+    dtype = token_dtype(meta)
+    sizes = {}
+    for split in ('train', 'val'):
+        path = os.path.join(data_dir, f'{split}.bin')
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'{path} is missing: prepare the dataset again (data/<name>/prepare.py)')
+        n = os.path.getsize(path) // dtype.itemsize
+        expected = (meta or {}).get(f'{split}_tokens')
+        if expected is not None and n != expected:
+            raise ValueError(f'{path} holds {n:,} tokens but meta.pkl says {expected:,}: the folder mixes two '
+                             'preparations (one was interrupted, or files were copied in); prepare the dataset again')
+        if n <= block_size:
+            fix = f'use a smaller --block_size (at most {n - 1}) or more data' if n > 1 else 'prepare it again'
+            raise ValueError(f'{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size}: {fix}')
+        sizes[split] = n
+    return sizes
+
+
+class Batches:
+    """Random windows of block_size + 1 tokens from the memory-mapped token bins. Each batch is a pure function
+    of its key: a training batch of (seed, iteration, micro-step counted over all processes), so that a resumed
+    run sees exactly the batches an uninterrupted one would, on any number of processes; an eval batch of
+    (seed, split, k), the same at every eval and for every number of processes."""
+
+    def __init__(self, data_dir, meta, block_size, batch_size, device, seed):
+        check_bins(data_dir, meta, block_size)
+        self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
+        self.device, self.seed, self.dtype = device, seed, token_dtype(meta)
+
+    def train_batch(self, iter_num, micro_step):
+        return self.get('train', [1, iter_num, micro_step])
+
+    def eval_batch(self, split, k):
+        return self.get(split, [2, k])
+
+    def get(self, split, key):
+        # a fresh memmap each time: numpy keeps pages of a long-lived one in memory (a leak on big corpora)
+        data = np.memmap(os.path.join(self.data_dir, f'{split}.bin'), dtype=self.dtype, mode='r')
+        rng = np.random.default_rng([self.seed, *key])
+        starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        xy = torch.from_numpy(np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64))
+        x, y = xy[:, :-1], xy[:, 1:]
+        if self.device.startswith('cuda'):
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+def ensure_data(dataset, data_dir, master_process=True):
+    """The dataset's folder (data_dir, or data/<dataset>), preparing the small built-in datasets when their
+    bins are missing (on the master process; the others wait for it)."""
+    import torch.distributed as dist
+    data_dir = data_dir or os.path.join('data', dataset)
+    if not os.path.exists(os.path.join(data_dir, 'train.bin')):
+        import corpus
+        if dataset not in corpus.BUILTIN_TOKENIZERS:
+            raise FileNotFoundError(f'no training data at {data_dir}/train.bin: prepare it first with '
+                                    f'`python data/{dataset}/prepare.py` (or `python prepare.py YOUR_TEXTS '
+                                    f'--name={dataset}` for your own corpus)')
+        if master_process:
+            print(f'{data_dir}/train.bin is missing: preparing {dataset} first')
+            corpus.prepare_builtin(dataset, data_dir)
+        if dist.is_initialized():
+            dist.barrier()
+    return data_dir
+
+
+class Tokenizer:
+    """encode(str) -> list[int] and decode(list[int]) -> str for a dataset's meta (None means GPT-2 BPE).
+    vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304)."""
+
+    def __init__(self, meta=None):
+        meta = meta or {'tokenizer': 'gpt2'}
+        self.name = meta['tokenizer']
+        if self.name == 'char':
+            self.stoi, self.itos = meta['stoi'], meta['itos']
+            self.vocab_size = len(self.stoi)
+        else:
+            import tiktoken
+            try:
+                self.enc = tiktoken.get_encoding(self.name)
+            except ValueError:
+                raise ValueError(f'unknown tokenizer {self.name!r} in meta.pkl: it is not a tiktoken encoding') from None
+            self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text):
+        if self.name == 'char':
+            unknown = sorted(set(c for c in text if c not in self.stoi))
+            if unknown:
+                raise ValueError(f'the text has characters missing from the vocabulary: {"".join(unknown)!r} '
+                                 f'({len(unknown)} of them); the model knows only {"".join(sorted(self.stoi))!r}')
+            return [self.stoi[c] for c in text]
+        return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+
+    def decode(self, ids):
+        if self.name == 'char':
+            return ''.join(self.itos[i] for i in ids)
+        return self.enc.decode(ids)
