@@ -151,12 +151,18 @@ def model_from(ckpt, dropout=None):
     if dropout is not None:
         args['dropout'] = dropout
     model = GPT(GPTConfig(**args))
-    try:
-        model.load_state_dict(ckpt['model'])
-    except RuntimeError as e:
-        problems = ' '.join(str(e).split('\n', 1)[-1].split())[:300]
-        raise ValueError(f'the checkpoint\'s weights do not match its model_args ({problems}): the file was '
-                         'edited or written by another program') from None
+    expected, weights = model.state_dict(), ckpt['model']
+    problems = {
+        'missing': sorted(set(expected) - set(weights)),
+        'unexpected': sorted(set(weights) - set(expected)),
+        'wrongly shaped': [f'{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})' for k, v in weights.items()
+                           if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)],
+    }
+    if any(problems.values()):
+        listed = '; '.join(f"{what} {keys[:5]}" for what, keys in problems.items() if keys)
+        raise ValueError(f'the checkpoint\'s weights do not match its model_args: {listed}; the file was edited '
+                         'or written by another program')
+    model.load_state_dict(weights)
     return model
 
 

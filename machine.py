@@ -11,6 +11,7 @@ The Machine it returns is frozen: every script reads these decisions from it and
 
 import contextlib
 import ctypes
+import gc
 import os
 import sys
 import time
@@ -87,9 +88,14 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto'):
     return Machine(device, dtype, compile, rank, local_rank, world_size, backend)
 
 
-def teardown():
-    """Leave torchrun's process group, if this process joined one."""
+def teardown(finished=True):
+    """Leave torchrun's process group, if this process joined one. A finished run first waits for the others
+    and frees what still refers to the group (a DDP wrapper): gloo aborts a process that destroys its group while
+    a peer still uses it, or that frees a DDP reducer after it. A failed one leaves at once: torchrun ends the others."""
     if dist.is_initialized():
+        if finished:
+            gc.collect()
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -8,15 +8,16 @@ are exact and a 7B config costs nothing.
     python sizing.py --init_from=llama2_7b --json
 
 It reads the same config files and --key=value overrides as train.py, and takes the model from
-init_from as train.py does: resume (out_dir/ckpt.pt), gpt2, gpt2-medium, gpt2-large, gpt2-xl
-(config/model_gpt2*.py) or a Hugging Face GPT-2 folder fix the architecture; a preset only sizing
-knows (baby_gpt, mini_gpt, tinyllama_1b, llama2_7b: config/model_NAME.py) is read before the
-command line, which may change any of it. Its own keys:
+init_from as train.py does (checkpoint.model_config): resume (out_dir/ckpt.pt), gpt2, gpt2-medium,
+gpt2-large, gpt2-xl (config/model_gpt2*.py, so nothing is downloaded) or a Hugging Face GPT-2 folder
+fix the architecture; a preset only sizing knows (baby_gpt, mini_gpt, tinyllama_1b, llama2_7b:
+config/model_NAME.py) is read before the command line, which may change any of it. Its own keys:
   --json                 print the report as JSON
   --device_memory=80GB   memory to fit in: GB/MB are 10^9/10^6 bytes, GiB/MiB 2^30/2^20;
                          default: the visible GPU's, else this machine's RAM
   --mfu=0.4              model FLOPs utilization assumed for the time estimates
-  --peak_flops=0         this machine's peak FLOP/s; 0 looks up the GPU or measures the CPU
+and train.py's --peak_flops, this machine's peak FLOP/s: 0 looks up the GPU or measures the CPU (a GPU
+missing from machine.GPU_PEAK_FLOPS gets no time estimate).
 The exit code is 1 when the checklist has an error.
 """
 
@@ -24,18 +25,22 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 
-from common import DTYPES, cli, load_checkpoint, load_meta, resolve_device, resolve_dtype
-from configurator import configure, read_config_file
-from model import GPT, GPU_PEAK_FLOPS, GPTConfig, device_peak_flops, gpt2_args_from_hf
-from train import DEFAULTS as TRAIN_DEFAULTS, PRETRAINED, TYPES_OF_NONE, check_locked, vocab_size_for
+import checkpoint
+import dataset
+import hf
+import machine
+from configurator import cli, configure, read_config_file
+from model import GPT
+from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
 
-DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4, peak_flops=0.0)
+DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4)  # peak_flops is train.py's key
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config')
 REFERENCE_GPUS = ('A100', 'H100', 'H200')
+INVALID_MODEL = 'invalid GPTConfig: '  # how GPTConfig's ValueError begins; every problem follows, joined by '; '
 
 # bytes per parameter held while training with AdamW (activations come on top)
 TRAIN_BYTES_PER_PARAM = {
@@ -53,14 +58,17 @@ def preset_path(name):
 
 
 def resolve_config(argv):
-    """The config train.py would run with for argv, with the model of init_from and a concrete vocab_size."""
-    config = configure(DEFAULTS, argv, TYPES_OF_NONE)
+    """(config, model_config, errors) for argv. config: what train.py would run with, its model keys those of
+    model_config, the GPTConfig that checkpoint.model_config decides as it does for train.py (None when it is
+    invalid). errors: the checklist lines of every problem that would stop train.py. A config that asks to
+    change the architecture of a checkpoint or of pretrained weights raises, as train.py does."""
+    given = set()
+    config = configure(DEFAULTS, argv, TYPES_OF_NONE, given)
     init_from = config['init_from']
-    source_args = None  # the architecture of a checkpoint or a pretrained model
+    source_args, source = None, ''  # the architecture of a checkpoint or a pretrained model
     if init_from == 'resume':
-        checkpoint = load_checkpoint(os.path.join(config['out_dir'], 'ckpt.pt'))
-        source_args, source = checkpoint['model_args'], 'the checkpoint'
-    elif init_from in PRETRAINED:  # the presets hold what train.py reads from their Hugging Face config.json
+        source_args, source = checkpoint.load(os.path.join(config['out_dir'], 'ckpt.pt'))['model_args'], 'the checkpoint'
+    elif init_from in checkpoint.PRETRAINED:  # the presets hold what train.py reads from their Hugging Face config.json
         source_args, source = read_config_file(preset_path(init_from), {}), init_from
     elif os.path.isdir(init_from):
         source_args, source = hf_folder_args(init_from), init_from
@@ -68,20 +76,28 @@ def resolve_config(argv):
         path = preset_path(init_from)
         if not os.path.isfile(path):
             files = [f[len('model_'):-len('.py')] for f in os.listdir(CONFIG_DIR) if f.startswith('model_')]
-            presets = sorted(name.replace('_', '-') if name.replace('_', '-') in PRETRAINED else name for name in files)
+            presets = sorted(name.replace('_', '-') if name.replace('_', '-') in checkpoint.PRETRAINED else name
+                             for name in files)
             raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', a Hugging Face GPT-2 folder or a "
                              f"model preset: use one of {', '.join(presets)} (config/model_NAME.py)")
         # a preset sizing alone knows is read first, as a config file: the command line may change any of it
-        config = configure(DEFAULTS, [path] + argv, TYPES_OF_NONE)
-    if source_args is not None:
-        # as train.py: the architecture is the source's (asking for another one is an error), dropout is the
-        # config's and the context may only shrink
-        check_locked(config, source_args, source)
-        args = {f.name: f.default for f in fields(GPTConfig)} | source_args
-        config.update(args, dropout=config['dropout'], block_size=min(config['block_size'], args['block_size']))
-    if config['vocab_size'] is None:  # as train.py: from the dataset's meta.pkl, else GPT-2's padded 50304
-        config['vocab_size'] = vocab_size_for(config, dataset_meta(config))
-    return config
+        config = configure(DEFAULTS, [path] + argv, TYPES_OF_NONE, given)
+    meta = dataset.load_meta(config['data_dir'] or os.path.join('data', config['dataset']))
+    errors = run_errors(config)
+    if source_args is None:
+        try:
+            checkpoint.vocab_size_for(config['vocab_size'], meta)
+        except ValueError as e:
+            errors.append(checklist_line('error', 'vocab', str(e)))
+            config = dict(config, vocab_size=None)  # the dataset's, so that the model's other problems are listed
+    try:
+        model_config = checkpoint.model_config(config, given, meta, source_args, source)
+    except ValueError as e:
+        if not str(e).startswith(INVALID_MODEL):
+            raise
+        problems = str(e)[len(INVALID_MODEL):].split('; ')
+        return config, None, errors + [checklist_line('error', 'model', problem) for problem in problems]
+    return dict(config, **checkpoint.model_args(model_config, full=True)), model_config, errors
 
 
 def hf_folder_args(folder):
@@ -90,45 +106,24 @@ def hf_folder_args(folder):
         raise ValueError(f'init_from={folder!r} is a folder without config.json: give a Hugging Face GPT-2 folder, '
                          "'scratch', 'resume' or a model preset")
     with open(path) as f:
-        return gpt2_args_from_hf(json.load(f), path)
+        return hf.gpt2_args_from_hf(json.load(f), path)
 
 
-def dataset_meta(config):
-    return load_meta(config['data_dir'] or os.path.join('data', config['dataset']))
-
-
-def model_args(config):
-    return {f.name: config[f.name] for f in fields(GPTConfig)}
-
-
-def config_errors(config):
-    """Every error in the config as checklist lines, found before GPTConfig (whose ValueError would stop
-    at construction) is built."""
-    args = model_args(config)
-    draft = GPTConfig.__new__(GPTConfig)  # problems() of the raw values; __post_init__ would raise instead
-    vars(draft).update(args)
-    if isinstance(args['n_embd'], int) and args['d_ff'] is None:
-        draft.d_ff = 4 * args['n_embd']  # GPTConfig's defaults for the two derived sizes
-    if args['n_kv_head'] is None:
-        draft.n_kv_head = args['n_head']
-    errors = [checklist_line('error', 'model', problem) for problem in draft.problems()]
+def run_errors(config):
+    """The run's sizes that no training could use, as checklist lines."""
+    errors = []
     for name in ('batch_size', 'gradient_accumulation_steps'):
         if config[name] <= 0:
             errors.append(checklist_line('error', 'run', f'{name}={config[name]} must be a positive integer'))
     if config['max_iters'] < 0:
         errors.append(checklist_line('error', 'run', f"max_iters={config['max_iters']} must be 0 or more"))
-    meta = dataset_meta(config)
-    if meta and isinstance(args['vocab_size'], int) and args['vocab_size'] < meta['vocab_size']:
-        errors.append(checklist_line('error', 'vocab', f"vocab_size={args['vocab_size']} is smaller than the "
-                                     f"{meta['vocab_size']} tokens of dataset {config['dataset']}: its token ids would index "
-                                     "past the embedding; drop --vocab_size to take it from meta.pkl, or use data made "
-                                     "with the model's tokenizer"))
     return errors
 
 
 def architecture_is_fixed(config):
     """Whether init_from dictates the architecture: a checkpoint to resume or pretrained weights."""
-    return config['init_from'] == 'resume' or config['init_from'] in PRETRAINED or os.path.isdir(config['init_from'])
+    return (config['init_from'] == 'resume' or config['init_from'] in checkpoint.PRETRAINED
+            or os.path.isdir(config['init_from']))
 
 
 def checklist_line(status, check, message):
@@ -332,15 +327,11 @@ def compute_report(model, config, mfu, devices):
 
 
 def local_device(peak_flops=0.0):
-    """(name, peak FLOP/s or None) of the visible device; the CPU's is measured (~0.3 s)."""
-    device = resolve_device('auto')
-    name = torch.cuda.get_device_name(device) if device == 'cuda' else f'this machine ({device})'
-    if peak_flops:
-        return name, peak_flops
-    try:
-        return name, device_peak_flops(device, DTYPES[resolve_dtype('auto', device)])
-    except ValueError:  # a GPU missing from model.GPU_PEAK_FLOPS, or MPS: the table shows no time
-        return name, None
+    """(name, peak FLOP/s or None when unknown: a GPU missing from machine.GPU_PEAK_FLOPS, MPS) of the visible
+    device; a CPU's is measured (~0.1 s)."""
+    device = machine.resolve_device('auto')
+    name = machine.device_name(device) if device == 'cuda' else f'this machine ({device})'
+    return name, peak_flops or machine.peak_flops(device, machine.resolve_dtype('auto', device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,13 +402,13 @@ def design_checklist(c, config, memory, compute):
 # the report
 
 
-def sizing_report(config, device_memory, devices, device_memory_source='--device_memory'):
-    """Everything sizing.py prints, as a dict; only the checklist when the config has errors."""
-    errors = config_errors(config)
+def sizing_report(config, model_config, errors, device_memory, devices, device_memory_source='--device_memory'):
+    """Everything sizing.py prints, as a dict, for resolve_config's (config, model_config, errors); only the
+    checklist when there are errors."""
     if errors:
         return {'ok': False, 'checklist': errors}
-    with torch.device('meta'):
-        model = GPT(GPTConfig(**model_args(config)))
+    with torch.device('meta'):  # no memory: the parameters have shapes but no data
+        model = GPT(model_config)
     c = model.config
     parameters = parameter_report(model)
     memory = memory_report(c, parameters['total'], config['batch_size'], device_memory)
@@ -549,7 +540,7 @@ def main(argv=None):
     for arg in argv:
         if arg.startswith('--device_memory=') and arg.partition('=')[2]:
             parse_memory(arg.partition('=')[2])  # before configure, which would take a bare 80 for a number
-    config = resolve_config(argv)
+    config, model_config, errors = resolve_config(argv)
     if not 0 < config['mfu'] <= 1:
         raise ValueError(f"mfu={config['mfu']} must be in (0, 1]: 0.4 is a good run on A100/H100")
     if config['peak_flops'] < 0:
@@ -558,10 +549,10 @@ def main(argv=None):
         device_memory, source = parse_memory(config['device_memory']), '--device_memory'
     else:
         device_memory, source = visible_device_memory()
-    devices = [(name, dict(GPU_PEAK_FLOPS)[name]) for name in REFERENCE_GPUS]
-    if not config_errors(config):  # measuring the CPU takes a moment: only for a model that will be sized
+    devices = [(name, dict(machine.GPU_PEAK_FLOPS)[name]) for name in REFERENCE_GPUS]
+    if not errors:  # measuring the CPU takes a moment: only for a model that will be sized
         devices.append(local_device(config['peak_flops']))
-    report = sizing_report(config, device_memory, devices, source)
+    report = sizing_report(config, model_config, errors, device_memory, devices, source)
     print(json.dumps(report, indent=2) if config['json'] else format_report(report))
     if not report['ok']:
         raise ValueError(f"the config has {len(report['checklist'])} error(s), listed in the checklist above")

@@ -85,11 +85,12 @@ def main(argv=None):
     check_settings(cfg)
     m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'], cfg['backend'])
     try:
-        return train(cfg, given, m)
-    except torch.OutOfMemoryError:
-        raise out_of_memory(m) from None
-    finally:
-        machine.teardown()
+        losses = train(cfg, given, m)
+    except BaseException as e:
+        machine.teardown(finished=False)
+        raise out_of_memory(m) if isinstance(e, torch.OutOfMemoryError) else e
+    machine.teardown()
+    return losses
 
 
 def out_of_memory(m):

@@ -30,12 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-import common
-import sample
-import train
-from configurator import configure
-from model import GPT, GPTConfig
-from sample_recompute import generate_recompute
+import checkpoint
+from configurator import cli, configure
+from model import GPT, GPTConfig, sample_next
+from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
 
 DEFAULTS = dict(
     models='baby,gpt2',  # comma-separated, from baby, gpt2, mini
@@ -48,6 +46,7 @@ DEFAULTS = dict(
 MODELS = ('baby', 'gpt2', 'mini')
 # Tiny Shakespeare's 65 characters: the vocabulary of data/shakespeare_char
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SAMPLING = dict(temperature=0.8, top_k=200)  # sample.py's defaults
 
 
 def make_model(name, tmp):
@@ -63,30 +62,38 @@ def make_model(name, tmp):
     argv = [os.path.join(ROOT, 'config', 'train_shakespeare_char.py')]
     if name == 'mini':  # nanoGPT's README recipe for a CPU
         argv += ['--n_layer=4', '--n_head=4', '--n_embd=128', '--block_size=64', '--dropout=0.0']
-    cfg = configure(train.DEFAULTS, argv, train.TYPES_OF_NONE)
-    model, _ = train.build_model(cfg, data_dir, meta)
+    given = set()
+    cfg = configure(TRAIN_DEFAULTS, argv, TYPES_OF_NONE, given)
+    model, _ = checkpoint.init_model(cfg, given, meta)  # as train.py builds it
     return model, {'dataset': cfg['dataset'], 'data_dir': data_dir}
 
 
 def save_random_checkpoint(model, config, out_dir):
-    model_args = {k: getattr(model.config, k) for k in train.MODEL_KEYS}
-    checkpoint = {'model': model.state_dict(), 'model_args': model_args, 'config': config, 'iter_num': 0,
-                  'best_val_loss': 0.0}
-    common.save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+    checkpoint.save({'model': model.state_dict(), 'model_args': checkpoint.model_args(model.config), 'config': config,
+                     'iter_num': 0, 'best_val_loss': 0.0}, os.path.join(out_dir, 'ckpt.pt'))
+
+
+@torch.no_grad()
+def generate_recompute(model, idx, max_new_tokens, **sampling):
+    """nanoGPT's loop, as benchmarks/sample_recompute.py runs it: the last block_size tokens through the model
+    for every new one."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat((idx, sample_next(logits[:, -1, :], **sampling)), dim=1)
+    return idx
 
 
 def in_process(model, cfg):
     """Tokens/s of model.generate (cached) and of generate_recompute, alternating, runs times each."""
     model.eval()
     idx = torch.zeros((1, 1), dtype=torch.long)  # a one-token prompt
-    sampling = dict(temperature=sample.DEFAULTS['temperature'], top_k=sample.DEFAULTS['top_k'])
-    model.generate(idx, 8, **sampling)  # warm up
+    model.generate(idx, 8, **SAMPLING)  # warm up
     generators = {'cache': model.generate, 'recompute': lambda *args, **kw: generate_recompute(model, *args, **kw)}
     rates = {what: [] for what in generators}
     for run in range(cfg['runs']):
         for what, generate in generators.items():
             t0 = time.perf_counter()
-            out = generate(idx, cfg['new_tokens'], **sampling)
+            out = generate(idx, cfg['new_tokens'], **SAMPLING)
             rates[what].append(cfg['new_tokens'] / (time.perf_counter() - t0))
             assert out.shape == (1, 1 + cfg['new_tokens']), out.shape
         print(f"  run {run + 1}: cache {rates['cache'][-1]:.1f} tokens/s, "
@@ -157,4 +164,4 @@ def main():
 
 
 if __name__ == '__main__':
-    common.cli(main)
+    cli(main)

@@ -1,7 +1,7 @@
 """
-Tokens/s of GPT-2 BPE data preparation (prepare.prepare_corpus: read, tokenize, write the bins)
-against tiktoken's own encode_ordinary_batch on the same documents already in memory, on one core
-and on all cores. The corpus is Tiny Shakespeare repeated to --megabytes and cut into documents
+Tokens/s of GPT-2 BPE data preparation (corpus.prepare_corpus, which prepare.py runs: read, tokenize,
+write the bins) against tiktoken's own encode_ordinary_batch on the same documents already in memory,
+on one core and on all cores. The corpus is Tiny Shakespeare repeated to --megabytes and cut into documents
 of about --doc_chars characters, as a .jsonl file (one web-page-sized document per line).
 
     flock /tmp/cpu.lock python benchmarks/prepare_speed.py [--megabytes=50] [--repeats=5] 2>/dev/null
@@ -19,9 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-from common import cli
-from configurator import configure
-from prepare import get_encoding, prepare_corpus
+from configurator import cli, configure
+from corpus import get_encoding, prepare_corpus
 
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            'shared', 'data', 'tinyshakespeare', 'input.txt')

@@ -1,11 +1,11 @@
 """
 sample.py as nanoGPT generates: no key/value cache, the whole (cropped) sequence through the model for
-every new token. The baseline of benchmarks/generate_speed.py, in-process and as a whole process.
+every new token. The baseline of benchmarks/generate_speed.py as a whole process.
 
     python benchmarks/sample_recompute.py --out_dir=out-shakespeare-char --num_samples=1 --max_new_tokens=500
 
-Same options and defaults as sample.py (those that apply), the same checkpoint and tokenizer loading,
-the same sampling; prints the samples when they are done.
+Same options and defaults as sample.py (those that apply), the same checkpoint and tokenizer loading
+(checkpoint.load_for_sampling), the same sampling; prints the samples when they are done.
 """
 
 import os
@@ -16,53 +16,56 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-import common
-import sample
-from configurator import configure
+import checkpoint
+import machine
+from configurator import cli, configure
 from model import sample_next
+from sample import DEFAULTS as SAMPLE_DEFAULTS, TYPES_OF_NONE
 
-DEFAULTS = {k: sample.DEFAULTS[k] for k in ('out_dir', 'data_dir', 'start', 'num_samples', 'max_new_tokens',
+DEFAULTS = {k: SAMPLE_DEFAULTS[k] for k in ('out_dir', 'data_dir', 'start', 'num_samples', 'max_new_tokens',
                                            'temperature', 'top_k', 'top_p', 'seed', 'device', 'dtype')}
+SEPARATOR = '---------------'  # printed after each sample, as sample.py does
 
 
 @torch.no_grad()
-def generate_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+def generate_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_size=None):
     """nanoGPT's GPT.generate: for each new token, forward the last block_size tokens and sample from the
-    last position's logits."""
+    last position's logits (the ids below vocab_size only, as sample.py: those the tokenizer decodes)."""
     model.eval()
     block_size = model.config.block_size
     for _ in range(max_new_tokens):
         idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
         logits, _ = model(idx_cond)
-        idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)
+        idx_next = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p)
         idx = torch.cat((idx, idx_next), dim=1)
     return idx
 
 
 def main(argv=None):
-    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, sample.TYPES_OF_NONE)
-    cfg['init_from'] = 'resume'
-    sample.check_options(cfg)
-    cfg['device'] = common.resolve_device(cfg['device'])
-    cfg['dtype'] = common.resolve_dtype(cfg['dtype'], cfg['device'])
+    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
+    if cfg['start'].startswith('FILE:'):
+        with open(cfg['start'][5:], encoding='utf-8') as f:
+            cfg['start'] = f.read()
+    m = machine.setup(cfg['device'], cfg['dtype'], compile=False)
+    model, tokenizer = checkpoint.load_for_sampling('resume', cfg['out_dir'], cfg['data_dir'])
+    model.eval().to(m.device)
     torch.manual_seed(cfg['seed'])
-    model, tokenizer = sample.load_model_and_tokenizer(cfg)
-    model.eval().to(cfg['device'])
-    prompt_ids = tokenizer.encode(sample.read_prompt(cfg['start']))
+    prompt_ids = tokenizer.encode(cfg['start'])
     if not prompt_ids:
         raise ValueError('the prompt is empty: give one with --start=TEXT or --start=FILE:path')
-    idx = torch.tensor(prompt_ids, dtype=torch.long, device=cfg['device'])[None].repeat(cfg['num_samples'], 1)
+    idx = torch.tensor(prompt_ids, dtype=torch.long, device=m.device)[None].repeat(cfg['num_samples'], 1)
     t0 = time.time()
-    with common.autocast(cfg['device'], cfg['dtype']):
-        out = generate_recompute(model, idx, cfg['max_new_tokens'], cfg['temperature'], cfg['top_k'], cfg['top_p'])
+    with m.autocast():
+        out = generate_recompute(model, idx, cfg['max_new_tokens'], cfg['temperature'], cfg['top_k'], cfg['top_p'],
+                                 tokenizer.vocab_size)
     dt = time.time() - t0
     samples = [tokenizer.decode(row.tolist()) for row in out]
     for text in samples:
-        print(text + '\n' + sample.SEPARATOR)
+        print(text + '\n' + SEPARATOR)
     print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
           f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s, recomputed)", file=sys.stderr)
     return samples
 
 
 if __name__ == '__main__':
-    common.cli(main)
+    cli(main)

@@ -29,8 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root
 sys.path.insert(0, ROOT)
 
-from common import cli
-from configurator import configure
+from configurator import cli, configure
 
 # nanoGPT's README: "python train.py config/train_shakespeare_char.py --device=cpu --compile=False ..."
 RECIPE = ['--device=cpu', '--compile=False', '--eval_iters=20', '--log_interval=1', '--block_size=64',

@@ -1,6 +1,10 @@
-"""Tests run offline on CPU: the shared offline assets (../shared) stand in for downloads."""
+"""Tests run offline on CPU: the shared offline assets (../shared) stand in for downloads when they exist;
+a test that needs one that is missing (a user's machine has no ../shared) is skipped with the reason."""
 import os
+import random
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
@@ -12,3 +16,32 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('WANDB_MODE', 'offline')
 
 SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
+WORDS = ('the king my lord shall speak of love and death to her thy heart is not what thou art gone sweet night '
+         'come good sir I will be true, yet here we stand! O fair day; what say you? no more.').split()
+
+
+def shakespeare():
+    """Tiny Shakespeare's path, or a skip: it comes from ../shared (these machines cannot download it)."""
+    if not os.path.isfile(SHAKESPEARE):
+        pytest.skip(f'needs Tiny Shakespeare at {SHAKESPEARE} (the offline copy in ../shared)')
+    return SHAKESPEARE
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding, or a skip when it can be neither loaded from a cache nor downloaded."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f"needs tiktoken's gpt2 encoding (no cache and no network: {type(e).__name__})")
+
+
+def make_text(n_chars, seed=0):
+    """Text of about n_chars characters in lines of words, the same for a seed: a stand-in corpus."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_chars:
+        line = ' '.join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize()
+        lines.append(line)
+        size += len(line) + 1
+    return '\n'.join(lines)[:n_chars]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import bench
+import machine
 import sample
 from conftest import ROOT
 from model import GPT, GPTConfig
@@ -53,13 +54,22 @@ def test_real_data(tmp_path, capsys):
     assert 'MFU' in out and 'decode' in out
 
 
+def test_unknown_peak_shows_no_mfu(monkeypatch, capsys):
+    """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) is timed all the
+    same: MFU is null in the JSON and '-' in the report."""
+    monkeypatch.setattr(bench.machine, 'peak_flops', lambda device, dtype: None)
+    result = bench.main(TINY + ['--synthetic=True', '--vocab_size=64', '--json=True', '--generate_tokens=0'])
+    assert result['train']['mfu'] is None and result['train']['peak_tflops'] is None
+    assert result['train']['tokens_per_s'] > 0
+    assert 'MFU - (unknown for ' in capsys.readouterr().err
+
+
 def test_cpu_defaults():
-    cfg = dict(bench.DEFAULTS, device='cpu')
-    bench.resolve(cfg)
+    cpu = machine.Machine(device='cpu', dtype='float32', compile=False)
+    cfg = bench.resolve(dict(bench.DEFAULTS), cpu)
     assert (cfg['batch_size'], cfg['block_size'], cfg['steps'], cfg['warmup']) == (1, 256, 10, 2)
     assert (cfg['n_layer'], cfg['n_embd']) == (12, 768)  # GPT-2 124M
-    given = dict(bench.DEFAULTS, device='cpu', batch_size=64, steps=5)
-    bench.resolve(given)
+    given = bench.resolve(dict(bench.DEFAULTS, batch_size=64, steps=5), cpu)
     assert (given['batch_size'], given['steps'], given['block_size']) == (64, 5, 256)
 
 
@@ -99,7 +109,7 @@ def test_recompute_baseline_matches_sample_py(tmp_path, capsys):
     cached = sample.main(argv)
     recomputed = sample_recompute.main(argv)
     assert recomputed == cached and len(cached[0]) == len('To be') + 40
-    assert sample.SEPARATOR in capsys.readouterr().out
+    assert '\n---------------\n' in capsys.readouterr().out  # sample.py's separator after each sample
 
 
 def test_generate_speed_in_process():

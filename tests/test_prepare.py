@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 import requests
-import tiktoken
 
-import prepare
-from common import Tokenizer, load_meta, token_dtype
-from conftest import ROOT, SHAKESPEARE
+import corpus as prepare
+from conftest import ROOT, gpt2_encoding, shakespeare
+from dataset import Tokenizer, load_meta, token_dtype
 
 OUTPUTS = ('train.bin', 'val.bin', 'meta.pkl')
 
@@ -61,12 +60,12 @@ def write_parquet(path, texts):
 
 
 def test_shakespeare_char_has_nanogpts_exact_counts(tmp_path):
-    stats = prepare.prepare_builtin('shakespeare_char', str(tmp_path), input=SHAKESPEARE)
+    stats = prepare.prepare_builtin('shakespeare_char', str(tmp_path), input=shakespeare())
     meta, train, val = read_bins(tmp_path)
     assert (len(train), len(val), meta['vocab_size']) == (1_003_854, 111_540, 65)
     assert stats == {'train_tokens': 1_003_854, 'val_tokens': 111_540, 'vocab_size': 65, 'dtype': 'uint16',
                      'tokenizer': 'char'}
-    with open(SHAKESPEARE, encoding='utf-8') as f:
+    with open(shakespeare(), encoding='utf-8') as f:
         text = f.read()
     assert len(text) == 1_115_394
     assert meta['itos'] == dict(enumerate(sorted(set(text)))) and meta['stoi'] == {c: i for i, c in meta['itos'].items()}
@@ -79,15 +78,16 @@ def test_gpt2_prepare_equals_encoding_the_whole_text(tmp_path, monkeypatch):
     # the same tokens as on the whole text, and the workers' results come back in order
     monkeypatch.setattr(prepare, 'BATCH_CHARS', 16_000)
     monkeypatch.setattr(prepare, 'SHARD_TOKENS', 10_007)  # shards that straddle the train/val split
-    stats = prepare.prepare_corpus(SHAKESPEARE, str(tmp_path), 'gpt2', val_fraction=0.1, num_proc=2)
+    stats = prepare.prepare_corpus(shakespeare(), str(tmp_path), 'gpt2', val_fraction=0.1, num_proc=2)
     meta, train, val = read_bins(tmp_path)
-    with open(SHAKESPEARE, encoding='utf-8') as f:
+    with open(shakespeare(), encoding='utf-8') as f:
         text = f.read()
-    enc = tiktoken.get_encoding('gpt2')
+    enc = gpt2_encoding()
     expected = enc.encode_ordinary(text) + [enc.eot_token]
     assert np.concatenate([train, val]).tolist() == expected
     assert len(train) == int(len(expected) * 0.9) == stats['train_tokens']
-    assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': 'gpt2'}
+    assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': 'gpt2',
+                    'train_tokens': len(train), 'val_tokens': len(val)}
     assert decode(meta, train, val) == text + '<|endoftext|>'
     assert leftovers(tmp_path) == sorted(OUTPUTS)  # the .prepare/ pieces are gone
 
@@ -136,7 +136,7 @@ def test_custom_corpus_folder(tmp_path, monkeypatch, tokenizer):
     prepare.prepare_corpus(str(tmp_path / 'corpus'), out_dir, tokenizer, val_fraction=0.2, text_field='body')
     meta, train, val = read_bins(out_dir)
     if tokenizer == 'gpt2':  # each document (a .txt file or a .jsonl record) ends with <|endoftext|>
-        enc = tiktoken.get_encoding('gpt2')
+        enc = gpt2_encoding()
         expected = [i for d in documents for i in enc.encode_ordinary(d) + [enc.eot_token]]
         assert np.concatenate([train, val]).tolist() == expected
     else:  # the documents are concatenated as they are; the vocabulary is the corpus's characters
@@ -227,7 +227,7 @@ def test_parquet_corpus_with_val_by_document(tmp_path):
     files, documents = make_web_corpus(tmp_path / 'owt')
     prepare.prepare_corpus(files, str(tmp_path / 'out'), 'gpt2', val_fraction=0.25, val_by_document=True)
     meta, train, val = read_bins(tmp_path / 'out')
-    enc = tiktoken.get_encoding('gpt2')
+    enc = gpt2_encoding()
     train_docs, val_docs = split_documents(np.asarray(train), enc), split_documents(np.asarray(val), enc)
     # every document, whole, in exactly one of the splits, in corpus order within each
     assert sorted(train_docs + val_docs) == sorted(documents)
@@ -253,7 +253,7 @@ def test_interrupted_preparation_resumes_where_it_stopped(tmp_path, monkeypatch)
         prepare.prepare_corpus(files, out_dir, 'gpt2', val_fraction=0.25, val_by_document=True)
     # the two finished parts are kept, the unfinished one is not, and no final file exists
     assert leftovers(out_dir) == ['.prepare/00000.train.bin', '.prepare/00000.val.bin', '.prepare/00001.train.bin',
-                                  '.prepare/00001.val.bin', '.prepare/plan.pkl']
+                                  '.prepare/00001.val.bin', '.prepare/plan.json']
     read.clear()
     monkeypatch.setattr(prepare, 'read_documents', lambda path, field: read.append(path) or real_read_documents(path, field))
     prepare.prepare_corpus(files, out_dir, 'gpt2', val_fraction=0.25, val_by_document=True)
@@ -344,7 +344,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, tokeniz
                                               ({'num_proc': 0}, 'at least 1')])
 def test_bad_settings(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
-        prepare.prepare_corpus(SHAKESPEARE, str(tmp_path / 'out'), **{'tokenizer': 'char', **setting})
+        prepare.prepare_corpus(shakespeare(), str(tmp_path / 'out'), **{'tokenizer': 'char', **setting})
     assert leftovers(tmp_path / 'out') == []
 
 
@@ -363,5 +363,5 @@ def die(encoder, batch):
 def test_a_dead_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare.Encoder, 'encode', die)  # the forked workers inherit it
     with pytest.raises(OSError, match='a worker process died'):
-        prepare.prepare_corpus(SHAKESPEARE, str(tmp_path / 'out'), 'gpt2', num_proc=2)
+        prepare.prepare_corpus(shakespeare(), str(tmp_path / 'out'), 'gpt2', num_proc=2)
     assert [f for f in leftovers(tmp_path / 'out') if not f.startswith('.prepare/')] == []

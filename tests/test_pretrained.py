@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import common
+import checkpoint
 import export
+import hf as hf_io
+import train
+from configurator import cli
 from model import GPT, GPTConfig
 
 transformers = pytest.importorskip('transformers', reason='transformers is the reference for these tests')
@@ -65,7 +68,7 @@ def assert_same_logits(ours, hf, vocab_size, block_size):
 @pytest.mark.parametrize('config', GPT2_CONFIGS)
 def test_logits_equal_transformers_over_the_whole_context(tmp_path, config):
     hf = save_hf_gpt2(tmp_path, **config)
-    model = GPT.from_pretrained(str(tmp_path))
+    model = hf_io.load_gpt2(str(tmp_path))
     c = model.config
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (
         config['n_layer'], config['n_head'], config['n_embd'], config['n_positions'], config['vocab_size'])
@@ -76,7 +79,7 @@ def test_logits_equal_transformers_over_the_whole_context(tmp_path, config):
 @pytest.mark.parametrize('config', [GPT2_CONFIGS[0], GPT2_CONFIGS[2]])
 def test_greedy_generation_equals_transformers(tmp_path, config):
     hf = save_hf_gpt2(tmp_path, **config)
-    model = GPT.from_pretrained(str(tmp_path))
+    model = hf_io.load_gpt2(str(tmp_path))
     prompt = full_context(config['vocab_size'], 4)
     expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False)
     assert torch.equal(model.generate(prompt, 20, temperature=0), expected)
@@ -93,7 +96,7 @@ def test_pytorch_model_bin_in_openai_layout(tmp_path):
         state_dict[f'h.{i}.attn.bias'] = torch.ones(1, 1, 16, 16).tril()
         state_dict[f'h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
     torch.save(state_dict, folder / 'pytorch_model.bin')
-    assert_same_logits(GPT.from_pretrained(str(folder)), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(hf_io.load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_sharded_safetensors(tmp_path):
@@ -109,7 +112,7 @@ def test_sharded_safetensors(tmp_path):
         save_file({k: tensors[k] for k in keys}, folder / file, metadata={'format': 'pt'})
     index = {'metadata': {}, 'weight_map': {k: file for file, keys in shards.items() for k in keys}}
     (folder / 'model.safetensors.index.json').write_text(json.dumps(index))
-    assert_same_logits(GPT.from_pretrained(str(folder)), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(hf_io.load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
@@ -120,7 +123,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
     tensors['transformer.wpe.weight'] = tensors['transformer.wpe.weight'][:8].clone()
     save_file(tensors, tmp_path / 'model.safetensors')
     with pytest.raises(ValueError) as e:
-        GPT.from_pretrained(str(tmp_path))
+        hf_io.load_gpt2(str(tmp_path))
     message = str(e.value)
     assert 'missing: transformer.h.1.mlp.c_fc.bias' in message
     assert 'unexpected: transformer.h.0.attn.q_attn.weight' in message
@@ -138,15 +141,19 @@ def test_configs_this_gpt_cannot_reproduce_are_refused(tmp_path, field, value):
     config[field] = value
     (tmp_path / 'config.json').write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f'cannot reproduce exactly: {field}={value!r}'):
-        GPT.from_pretrained(str(tmp_path))
+        hf_io.load_gpt2(str(tmp_path))
 
 
-def test_override_args_may_change_dropout_only(tmp_path):
+def test_a_pretrained_model_may_change_dropout_only(tmp_path):
+    """The architecture is the checkpoint's: a run may set dropout and crop block_size, nothing else."""
     save_hf_gpt2(tmp_path, **GPT2_CONFIGS[1])
-    model = GPT.from_pretrained(str(tmp_path), override_args=dict(dropout=0.1))
+    model = hf_io.load_gpt2(str(tmp_path), dropout=0.1)
     assert model.config.dropout == 0.1 and model.transformer.drop.p == 0.1
-    with pytest.raises(ValueError, match="cannot override block_size, n_layer of a pretrained model"):
-        GPT.from_pretrained(str(tmp_path), override_args=dict(dropout=0.1, n_layer=4, block_size=8))
+    cfg = dict(train.DEFAULTS, init_from=str(tmp_path), dropout=0.1, n_layer=4, block_size=8)
+    with pytest.raises(ValueError, match=f"n_layer=4 was asked for, but {tmp_path} has n_layer="):
+        checkpoint.init_model(cfg, {'dropout', 'n_layer', 'block_size'}, meta=None)
+    model, _ = checkpoint.init_model(cfg, {'dropout', 'block_size'}, meta=None)
+    assert (model.config.block_size, model.config.dropout) == (8, 0.1)
 
 
 @pytest.fixture
@@ -161,7 +168,7 @@ def hf_cache(tmp_path, monkeypatch):
 
 def test_hub_name_offline_fails_with_one_line_saying_what_to_do(hf_cache):
     with pytest.raises(OSError) as e:
-        GPT.from_pretrained('gpt2-xl')
+        hf_io.load_gpt2('gpt2-xl')
     message = str(e.value)
     assert message.startswith('could not download gpt2-xl (no network or HF_HUB_OFFLINE=1')
     assert 'pass its path' in message and 'hf download openai-community/gpt2-xl' in message
@@ -179,14 +186,14 @@ def test_hub_name_loads_from_the_hf_cache(tmp_path, hf_cache, repo):
         shutil.copy(tmp_path / 'src' / name, snapshot)
     (hf_cache / f'models--{repo}' / 'refs').mkdir()
     (hf_cache / f'models--{repo}' / 'refs' / 'main').write_text(commit)
-    assert_same_logits(GPT.from_pretrained('gpt2'), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(hf_io.load_gpt2('gpt2'), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_neither_a_name_nor_a_gpt2_folder(tmp_path):
     with pytest.raises(ValueError, match="'gpt3' is neither a GPT-2 name"):
-        GPT.from_pretrained('gpt3')
+        hf_io.load_gpt2('gpt3')
     with pytest.raises(ValueError, match='is not a Hugging Face GPT-2 folder'):
-        GPT.from_pretrained(str(tmp_path))
+        hf_io.load_gpt2(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +203,7 @@ def test_neither_a_name_nor_a_gpt2_folder(tmp_path):
 @pytest.mark.parametrize('args', [dict(), dict(bias=False), dict(tie_embeddings=False, d_ff=48)])
 def test_export_gpt2_loads_in_transformers_with_the_same_logits(tmp_path, args):
     model = randomize(GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=97, **args)))
-    assert export.export(model, tmp_path) == 'gpt2'
+    assert hf_io.export_hf(model, tmp_path) == 'gpt2'
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert_same_logits(model, hf, 97, 16)
 
@@ -204,7 +211,7 @@ def test_export_gpt2_loads_in_transformers_with_the_same_logits(tmp_path, args):
 @pytest.mark.parametrize('args', [dict(), dict(tie_embeddings=False), dict(tie_embeddings=False, bias=True)])
 def test_export_llama_style_loads_in_transformers_with_the_same_logits(tmp_path, args):
     model = randomize(GPT(GPTConfig(**{**LLAMA_STYLE, **args})))
-    assert export.export(model, tmp_path) == 'llama'
+    assert hf_io.export_hf(model, tmp_path) == 'llama'
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert hf.config.num_key_value_heads == 2
     assert_same_logits(model, hf, 97, 32)
@@ -213,7 +220,7 @@ def test_export_llama_style_loads_in_transformers_with_the_same_logits(tmp_path,
 @pytest.mark.parametrize('tied', [True, False])
 def test_round_trip_hf_to_project_to_hf_keeps_every_tensor(tmp_path, tied):
     save_hf_gpt2(tmp_path / 'src', **{**GPT2_CONFIGS[1], 'tie_word_embeddings': tied})
-    export.export(GPT.from_pretrained(str(tmp_path / 'src')), tmp_path / 'out')
+    hf_io.export_hf(hf_io.load_gpt2(str(tmp_path / 'src')), tmp_path / 'out')
     before, after = load_file(tmp_path / 'src' / 'model.safetensors'), load_file(tmp_path / 'out' / 'model.safetensors')
     assert sorted(before) == sorted(after)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -231,27 +238,27 @@ def test_round_trip_hf_to_project_to_hf_keeps_every_tensor(tmp_path, tied):
 def test_export_refuses_mixes_no_hf_architecture_computes(tmp_path, args, named):
     model = GPT(GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8, vocab_size=11, **args))
     with pytest.raises(ValueError, match='cannot export this model') as e:
-        export.export(model, tmp_path / 'hf')
+        hf_io.export_hf(model, tmp_path / 'hf')
     assert named in str(e.value)
     assert not (tmp_path / 'hf').exists()
 
 
 def test_export_replaces_a_model_only_with_force_and_keeps_other_files(tmp_path):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11))
-    export.export(model, tmp_path)
+    hf_io.export_hf(model, tmp_path)
     (tmp_path / 'tokenizer.json').write_text('{}')
     with pytest.raises(ValueError, match='already holds config.json and model.safetensors: pass --force=True'):
-        export.export(model, tmp_path)
-    export.export(model, tmp_path, force=True)
+        hf_io.export_hf(model, tmp_path)
+    hf_io.export_hf(model, tmp_path, force=True)
     assert (tmp_path / 'tokenizer.json').read_text() == '{}'
 
 
 def test_export_command_from_a_checkpoint(tmp_path, monkeypatch, capsys):
     model = randomize(GPT(GPTConfig(**LLAMA_STYLE)))
-    common.save_checkpoint({'model': model.state_dict(), 'model_args': dataclasses.asdict(model.config)},
+    checkpoint.save({'model': model.state_dict(), 'model_args': dataclasses.asdict(model.config)},
                            str(tmp_path / 'ckpt.pt'))
     monkeypatch.setattr(sys, 'argv', ['export.py', f'--out_dir={tmp_path}', f'--to={tmp_path / "hf"}'])
-    common.cli(export.main)
+    cli(export.main)
     assert 'LlamaForCausalLM' in capsys.readouterr().out
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
     assert_same_logits(model, hf, 97, 32)
@@ -259,6 +266,6 @@ def test_export_command_from_a_checkpoint(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(sys, 'argv', ['export.py', f'--out_dir={tmp_path}'])
     with pytest.raises(SystemExit) as e:
-        common.cli(export.main)
+        cli(export.main)
     assert e.value.code == 1
     assert capsys.readouterr().err.startswith('error: say where to write the Hugging Face folder: --to=FOLDER')

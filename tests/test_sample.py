@@ -6,9 +6,12 @@ import sys
 import pytest
 import torch
 
-import common
+import checkpoint
+import dataset
+import machine
 import sample
 import train
+from configurator import configure
 from conftest import ROOT
 from model import GPT, GPTConfig
 from test_train import args, char_data  # noqa: F401 (a fixture)
@@ -22,21 +25,23 @@ def trained(char_data, tmp_path_factory):  # noqa: F811
     return str(out_dir)
 
 
+CPU = machine.Machine('cpu', 'float32', compile=False)
+
+
 def run_sample(out_dir, *extra, write=None):
-    cfg = sample.configure(sample.DEFAULTS, [f'--out_dir={out_dir}', '--device=cpu', '--num_samples=2',
-                                             '--max_new_tokens=30', *extra], sample.TYPES_OF_NONE)
+    cfg = configure(sample.DEFAULTS, [f'--out_dir={out_dir}', '--num_samples=2', '--max_new_tokens=30', *extra],
+                    sample.TYPES_OF_NONE)
     sample.check_options(cfg)
-    cfg['dtype'] = 'float32'
+    model, tokenizer = checkpoint.load_for_sampling(cfg['init_from'], cfg['out_dir'], cfg['data_dir'])
     torch.manual_seed(cfg['seed'])
-    model, tokenizer = sample.load_model_and_tokenizer(cfg)
     chunks = []
-    samples = sample.generate_samples(model.eval(), tokenizer, cfg, write=write or chunks.append)
+    samples = sample.generate_samples(model.eval(), tokenizer, CPU, cfg, write=write or chunks.append)
     return samples, chunks
 
 
 def test_samples_from_a_trained_checkpoint(trained):
-    samples, _ = run_sample(trained, '--start=ROMEO:')
-    assert len(samples) == 2 and all(s.startswith('ROMEO:') and len(s) == 6 + 30 for s in samples)
+    samples, _ = run_sample(trained, '--start=my lord')
+    assert len(samples) == 2 and all(s.startswith('my lord') and len(s) == 7 + 30 for s in samples)
     assert samples[0] != samples[1]  # two different draws in one batch
 
 
@@ -46,18 +51,18 @@ def test_seed_makes_it_deterministic(trained):
 
 
 def test_greedy_equals_recomputation(trained):
-    samples, _ = run_sample(trained, '--temperature=0', '--num_samples=1', '--start=KING', '--max_new_tokens=20')
-    checkpoint = common.load_checkpoint(os.path.join(trained, 'ckpt.pt'))
-    model = common.model_from_checkpoint(checkpoint).eval()
-    tokenizer = common.Tokenizer(common.load_meta(checkpoint['config']['data_dir']))
-    idx = torch.tensor([tokenizer.encode('KING')])
+    samples, _ = run_sample(trained, '--temperature=0', '--num_samples=1', '--start=king', '--max_new_tokens=20')
+    ckpt = checkpoint.load(os.path.join(trained, 'ckpt.pt'))
+    model = checkpoint.model_from(ckpt).eval()
+    tokenizer = dataset.Tokenizer(dataset.load_meta(ckpt['config']['data_dir']))
+    idx = torch.tensor([tokenizer.encode('king')])
     for _ in range(20):
         idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
     assert samples[0] == tokenizer.decode(idx[0].tolist())
 
 
 def test_streaming_writes_the_first_sample_token_by_token(trained):
-    samples, chunks = run_sample(trained, '--start=A')
+    samples, chunks = run_sample(trained, '--start=a')
     separator = '\n' + sample.SEPARATOR + '\n'
     assert len(chunks) >= 30  # the prompt, then one write per token, then the rest
     assert ''.join(chunks) == ''.join(s + separator for s in samples)
@@ -67,7 +72,7 @@ def test_streaming_never_splits_a_multibyte_character(tmp_path):
     """GPT-2 BPE tokens can end inside a UTF-8 character: the stream holds such bytes back."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50257)).eval()
-    tokenizer = common.Tokenizer(None)
+    tokenizer = dataset.Tokenizer(None)
     ids = tokenizer.encode('héllo wörld 東京 ')
     chunks = []
     streamer = sample.Streamer(tokenizer, ids[:1], chunks.append)
@@ -75,9 +80,9 @@ def test_streaming_never_splits_a_multibyte_character(tmp_path):
         streamer(torch.tensor([[token]]))
     assert '\ufffd' not in ''.join(chunks)
     assert tokenizer.decode(ids[:1]) + ''.join(chunks) == tokenizer.decode(ids).rstrip('\ufffd')
-    cfg = dict(sample.DEFAULTS, start='東京', num_samples=1, max_new_tokens=20, device='cpu', dtype='float32')
+    cfg = dict(sample.DEFAULTS, start='東京', num_samples=1, max_new_tokens=20)
     out = []
-    samples = sample.generate_samples(model, tokenizer, cfg, write=out.append)
+    samples = sample.generate_samples(model, tokenizer, CPU, cfg, write=out.append)
     assert ''.join(out) == samples[0] + '\n' + sample.SEPARATOR + '\n'
 
 
@@ -111,13 +116,13 @@ def test_nanogpt_checkpoint_layout(tmp_path):
 
 def test_prompt_from_file_and_out_file(trained, tmp_path):
     prompt = tmp_path / 'prompt.txt'
-    prompt.write_text('JULIET:\n')
+    prompt.write_text('my lord\n')
     out_file = tmp_path / 'samples.txt'
     result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={trained}', f'--start=FILE:{prompt}',
                              '--num_samples=2', '--max_new_tokens=10', '--device=cpu', f'--out_file={out_file}'],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(sample.SEPARATOR) == 2 and result.stdout.startswith('JULIET:\n')
+    assert result.stdout.count(sample.SEPARATOR) == 2 and result.stdout.startswith('my lord\n')
     assert out_file.read_text() == result.stdout
 
 

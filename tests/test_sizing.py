@@ -2,7 +2,6 @@
 FLOPs, the checklist, and the command line's errors."""
 import json
 import math
-import os
 import pickle
 import subprocess
 import sys
@@ -11,16 +10,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import checkpoint
 import sizing
-from common import save_checkpoint
+from conftest import ROOT
 from model import GPT, GPTConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_DEVICES = []  # no time estimates: keeps the tests from measuring the CPU
 
 
 def report_for(argv, device_memory=80 * 10 ** 9, devices=NO_DEVICES):
-    return sizing.sizing_report(sizing.resolve_config(argv), device_memory, devices)
+    return sizing.sizing_report(*sizing.resolve_config(argv), device_memory, devices)
 
 
 @pytest.mark.parametrize('preset, published', [
@@ -49,8 +48,8 @@ def test_mini_gpt_table_matches_the_design_notes_layer_by_layer():
     assert report['parameters']['blocks'] == 2 * 49_280
     assert report['parameters']['rule_12Ld2'] == 12 * 2 * 64 ** 2
     # the meta-device count is the count of a real model
-    config = sizing.resolve_config(['--init_from=mini_gpt'])
-    assert sum(p.numel() for p in GPT(GPTConfig(**sizing.model_args(config))).parameters()) == 131_392
+    _, model_config, _ = sizing.resolve_config(['--init_from=mini_gpt'])
+    assert sum(p.numel() for p in GPT(model_config).parameters()) == 131_392
 
 
 def test_grouped_query_attention_and_untied_head_are_split_by_shape():
@@ -191,7 +190,7 @@ def test_checklist_marks_design_problems_as_warnings():
 
 def test_resume_and_pretrained_fix_the_architecture_as_train_py_does(tmp_path):
     model_args = dict(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=100, norm='rmsnorm', bias=True)
-    save_checkpoint({'model': {}, 'model_args': model_args}, str(tmp_path / 'ckpt.pt'))
+    checkpoint.save({'model': {}, 'model_args': model_args}, str(tmp_path / 'ckpt.pt'))
     report = report_for(['--init_from=resume', f'--out_dir={tmp_path}', '--dropout=0.1'])
     expected = sum(p.numel() for p in GPT(GPTConfig(**model_args)).parameters())
     assert report['parameters']['total'] == expected
@@ -210,12 +209,13 @@ def test_resume_and_pretrained_fix_the_architecture_as_train_py_does(tmp_path):
 def test_vocab_comes_from_the_dataset_as_in_train_py(tmp_path):
     with open(tmp_path / 'meta.pkl', 'wb') as f:
         pickle.dump({'vocab_size': 65, 'tokenizer': 'char', 'stoi': {}, 'itos': {}}, f)
-    assert sizing.resolve_config([f'--data_dir={tmp_path}'])['vocab_size'] == 65
+    config, model_config, _ = sizing.resolve_config([f'--data_dir={tmp_path}'])
+    assert config['vocab_size'] == model_config.vocab_size == 65
     report = report_for([f'--data_dir={tmp_path}', '--vocab_size=50'])
     assert not report['ok']
     assert [x['check'] for x in report['checklist']] == ['vocab']
-    assert 'vocab_size=50 is smaller than the 65 tokens' in report['checklist'][0]['message']
-    assert sizing.resolve_config(['--dataset=no_such_dataset'])['vocab_size'] == 50304
+    assert "vocab_size=50 is smaller than the dataset's 65 tokens" in report['checklist'][0]['message']
+    assert sizing.resolve_config(['--dataset=no_such_dataset'])[1].vocab_size == 50304
 
 
 def test_hugging_face_folder_is_sized_from_its_config_json(tmp_path):
@@ -245,6 +245,14 @@ def test_json_output_is_the_report(capsys):
     assert report['memory']['device_memory'] == 10 ** 9
     assert [t['device'] for t in report['compute']['times']][:3] == ['A100', 'H100', 'H200']
     assert report['compute']['times'][3]['peak_flops'] == 1e12
+
+
+def test_unknown_peak_gives_no_time_estimate(monkeypatch, capsys):
+    """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) shows no times."""
+    monkeypatch.setattr(sizing.machine, 'peak_flops', lambda device, dtype: None)
+    sizing.main(['--init_from=mini_gpt', '--device_memory=1GB'])
+    local = capsys.readouterr().out.split('this machine')[1].splitlines()[0]
+    assert local.split() == ['(cpu)', 'unknown', '-', '-', '-']
 
 
 def test_invalid_config_prints_checklist_errors_and_exits_nonzero():
