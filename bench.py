@@ -180,7 +180,8 @@ def build(cfg, given, m):
     if cfg['synthetic']:
         batches = RandomBatches(model.config.vocab_size, block_size, batch_size, m.device, cfg['seed'])
     else:
-        batches = dataset.Batches(data_dir, meta, block_size, batch_size, m.device, cfg['seed'])
+        batches = dataset.Batches(data_dir, meta, block_size, batch_size, m.device, cfg['seed'],
+                                  model.config.vocab_size)
     return model, batches, data_dir
 
 
@@ -208,7 +209,6 @@ def bench(cfg, given, m):
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
     optimizer = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
                                            m.device_type)
-    peak_flops, peak_source = peak(cfg, m)
     result = {
         'device': m.device, 'device_name': machine.device_name(m.device), 'torch': torch.__version__,
         'dtype': m.dtype, 'compile': m.compile, 'data': 'synthetic' if cfg['synthetic'] else data_dir,
@@ -226,12 +226,28 @@ def bench(cfg, given, m):
         return train_step(train_model, optimizer, scaler, batches, m, iter_num, cfg['gradient_accumulation_steps'],
                           cfg['grad_clip'])
 
+    result['train'] = measure_training(model, step, m, cfg)
+    if cfg['profile']:
+        path, table = profile_training(step, m, cfg)
+        result['profile_trace'] = path
+        report(f'{table}\nprofile: Chrome trace of 3 steps in {path}', cfg)
+
+    if cfg['generate_tokens']:
+        result['generate'] = measure_generation(model, m, cfg)
+    if cfg['json']:
+        print(json.dumps(result))
+    return result
+
+
+def measure_training(model, step, m, cfg):
+    """Time cfg['steps'] training steps; the result's 'train' entry, reported as it is measured."""
+    peak_flops, peak_source = peak(cfg, m)
     seconds = time_training(step, m, cfg)
     T, accum = cfg['block_size'], cfg['gradient_accumulation_steps']
     tokens_per_iter = accum * cfg['batch_size'] * T
     dt = statistics.median(seconds)
     flops_per_token = model.flops_per_token(T)
-    result['train'] = {
+    r = {
         'steps': cfg['steps'], 'warmup': cfg['warmup'], 'tokens_per_iter': tokens_per_iter,
         'ms_per_iter': {k: v * 1000 for k, v in spread(seconds).items()},
         'tokens_per_s': tokens_per_iter / dt,
@@ -240,7 +256,6 @@ def bench(cfg, given, m):
         'mfu': model.estimate_mfu(accum * cfg['batch_size'], dt, peak_flops, T) if peak_flops else None,
         'peak_tflops': peak_flops / 1e12 if peak_flops else None, 'peak_source': peak_source,
     }
-    r = result['train']
     ms = r['ms_per_iter']
     mfu = f"MFU {r['mfu'] * 100:.1f}% of {r['peak_tflops']:.3g} TFLOP/s" if peak_flops else 'MFU -'
     report(f"train: {cfg['steps']} steps of {tokens_per_iter:,} tokens (gradient_accumulation_steps {accum} x "
@@ -250,29 +265,25 @@ def bench(cfg, given, m):
     if peak_flops and r['mfu'] > 1:
         report('warning: MFU above 100%: the peak is too low (on a CPU, something else ran while it was measured); '
                'run again, or pass --peak_flops', cfg)
+    return r
 
-    if cfg['profile']:
-        path, table = profile_training(step, m, cfg)
-        result['profile_trace'] = path
-        report(f'{table}\nprofile: Chrome trace of 3 steps in {path}', cfg)
 
-    if cfg['generate_tokens']:
-        prefill, decode = time_generation(model, m, cfg)
-        result['generate'] = {
-            'batch_size': 1, 'prompt_tokens': cfg['prompt_tokens'], 'new_tokens': cfg['generate_tokens'],
-            'runs': GENERATE_RUNS, 'kv_cache': True, 'compile': False,
-            'temperature': SAMPLING['temperature'], 'top_k': SAMPLING['top_k'],
-            'prefill_ms': {k: v * 1000 for k, v in spread(prefill).items()},
-            'decode_tokens_per_s': spread(decode),
-        }
-        p, d = result['generate']['prefill_ms'], result['generate']['decode_tokens_per_s']
-        report(f"generate: batch 1, a {cfg['prompt_tokens']}-token prompt, {cfg['generate_tokens']} new tokens, "
-               f'KV cache, eager, {GENERATE_RUNS} runs\n'
-               f"  prefill {p['median']:.1f} ms median ({p['min']:.1f}-{p['max']:.1f}), "
-               f"decode {d['median']:,.1f} tokens/s median ({d['min']:,.1f}-{d['max']:,.1f})", cfg)
-    if cfg['json']:
-        print(json.dumps(result))
-    return result
+def measure_generation(model, m, cfg):
+    """Time generation as sample.py generates; the result's 'generate' entry, reported as it is measured."""
+    prefill, decode = time_generation(model, m, cfg)
+    g = {
+        'batch_size': 1, 'prompt_tokens': cfg['prompt_tokens'], 'new_tokens': cfg['generate_tokens'],
+        'runs': GENERATE_RUNS, 'kv_cache': True, 'compile': False,
+        'temperature': SAMPLING['temperature'], 'top_k': SAMPLING['top_k'],
+        'prefill_ms': {k: v * 1000 for k, v in spread(prefill).items()},
+        'decode_tokens_per_s': spread(decode),
+    }
+    p, d = g['prefill_ms'], g['decode_tokens_per_s']
+    report(f"generate: batch 1, a {cfg['prompt_tokens']}-token prompt, {cfg['generate_tokens']} new tokens, "
+           f'KV cache, eager, {GENERATE_RUNS} runs\n'
+           f"  prefill {p['median']:.1f} ms median ({p['min']:.1f}-{p['max']:.1f}), "
+           f"decode {d['median']:,.1f} tokens/s median ({d['min']:,.1f}-{d['max']:,.1f})", cfg)
+    return g
 
 
 def main(argv=None):

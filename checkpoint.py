@@ -108,8 +108,13 @@ def model_args(config, full=False):
 
 
 def save(checkpoint, path):
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write the checkpoint whole or not at all: a full disk or a kill leaves the previous one in place."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+    except OSError as e:
+        raise OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; '
+                      'free some disk space (or choose another --out_dir) and resume with --init_from=resume') from None
 
 
 def load(path, map_location='cpu'):

@@ -351,11 +351,19 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
     except BrokenProcessPool:
-        raise OSError(f'a worker process died (killed for lack of memory?): run the same command again to resume, '
+        raise OSError('a worker process died (killed for lack of memory?): run the same command again to resume, '
                       f'with fewer processes (--num_proc) if it happens again') from None
 
-    train_pieces = [piece_path(work_dir, i, 'train') for i in range(len(parts))]
-    val_pieces = [piece_path(work_dir, i, 'val') for i in range(len(parts))]
+    n_train, n_val = write_dataset(out_dir, work_dir, len(parts), meta, val_fraction, val_by_document, source)
+    shutil.rmtree(work_dir)
+    return {'train_tokens': n_train, 'val_tokens': n_val, 'vocab_size': meta['vocab_size'],
+            'dtype': meta['dtype'], 'tokenizer': meta['tokenizer']}
+
+
+def write_dataset(out_dir, work_dir, n_parts, meta, val_fraction, val_by_document, source):
+    """train.bin, val.bin and meta.pkl from the tokenized pieces; returns the two token counts."""
+    train_pieces = [piece_path(work_dir, i, 'train') for i in range(n_parts)]
+    val_pieces = [piece_path(work_dir, i, 'val') for i in range(n_parts)]
     n_tokens = sum(os.path.getsize(p) for p in train_pieces) // np.dtype(meta['dtype']).itemsize
     if val_by_document:
         n_val = sum(os.path.getsize(p) for p in val_pieces) // np.dtype(meta['dtype']).itemsize
@@ -383,9 +391,7 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
             pickle.dump(meta, f, protocol=4)  # plain values only: nanoGPT's sample.py reads it too
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out_dir, 'train.bin'))
-    shutil.rmtree(work_dir)
-    return {'train_tokens': n_train, 'val_tokens': n_val, 'vocab_size': meta['vocab_size'],
-            'dtype': meta['dtype'], 'tokenizer': meta['tokenizer']}
+    return n_train, n_val
 
 
 def resume(work_dir, plan):

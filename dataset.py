@@ -99,10 +99,10 @@ class Batches:
     run sees exactly the batches an uninterrupted one would, on any number of processes; an eval batch of
     (seed, split, k), the same at every eval and for every number of processes."""
 
-    def __init__(self, data_dir, meta, block_size, batch_size, device, seed):
+    def __init__(self, data_dir, meta, block_size, batch_size, device, seed, vocab_size):
         check_bins(data_dir, meta, block_size)
         self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
-        self.device, self.seed, self.dtype = device, seed, token_dtype(meta)
+        self.device, self.seed, self.dtype, self.vocab_size = device, seed, token_dtype(meta), vocab_size
 
     def train_batch(self, iter_num, micro_step):
         return self.get('train', [1, iter_num, micro_step])
@@ -115,7 +115,12 @@ class Batches:
         data = np.memmap(os.path.join(self.data_dir, f'{split}.bin'), dtype=self.dtype, mode='r')
         rng = np.random.default_rng([self.seed, *key])
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
-        xy = torch.from_numpy(np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64))
+        xy = np.stack([data[s:s + self.block_size + 1] for s in starts])
+        if xy.max() >= self.vocab_size:  # checked here, where it is cheap: on a GPU it would be a device assert
+            raise ValueError(f'{split}.bin in {self.data_dir} holds token id {xy.max()}, but the model has only '
+                             f'{self.vocab_size} (ids 0..{self.vocab_size - 1}): the bins were made with another '
+                             'tokenizer than meta.pkl says; prepare the dataset again')
+        xy = torch.from_numpy(xy.astype(np.int64))
         x, y = xy[:, :-1], xy[:, 1:]
         if self.device.startswith('cuda'):
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)

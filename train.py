@@ -128,7 +128,8 @@ def train(cfg, given, m):
     # the run's settings, final from here on: the model's real architecture and what the machine decided
     cfg = MappingProxyType(dict(cfg, **checkpoint.model_args(model.config, full=True), data_dir=data_dir,
                                 device=m.device, dtype=m.dtype, compile=m.compile))
-    batches = dataset.Batches(data_dir, meta, cfg['block_size'], cfg['batch_size'], m.device, cfg['seed'])
+    batches = dataset.Batches(data_dir, meta, cfg['block_size'], cfg['batch_size'], m.device, cfg['seed'],
+                              cfg['vocab_size'])
     model.to(m.device)
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
     optimizer = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),

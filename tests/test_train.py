@@ -225,7 +225,7 @@ def test_ddp_two_processes_with_gloo(char_data, tmp_path):
 
 
 def test_batches_differ_by_rank_and_step(char_data):
-    batches = dataset.Batches(char_data, dataset.load_meta(char_data), 32, 4, 'cpu', 1337)
+    batches = dataset.Batches(char_data, dataset.load_meta(char_data), 32, 4, 'cpu', 1337, vocab_size=46)
     x0, y0 = batches.train_batch(0, 0)
     assert torch.equal(x0[:, 1:], y0[:, :-1])  # targets are the inputs shifted by one
     assert torch.equal(x0, batches.train_batch(0, 0)[0])  # a pure function of its key
