@@ -17,17 +17,17 @@ import socket
 import tempfile
 
 
-def temp_prefix(path, pid=None):
-    host = socket.gethostname().replace('.', '_')
-    return f'.{os.path.basename(path)}.{host}-{os.getpid() if pid is None else pid}.'
+def host_prefix(path):
+    """The start of the names of this machine's temporary files for `path`; the writing process's id follows."""
+    return f".{os.path.basename(path)}.{socket.gethostname().replace('.', '_')}-"
 
 
 def remove_stale_temps(path):
     """Remove the temporary files of writes to `path` whose process, on this machine, no longer runs."""
     directory = os.path.dirname(os.path.abspath(path))
-    host_prefix = temp_prefix(path, pid='')
-    for tmp in glob.glob(os.path.join(glob.escape(directory), glob.escape(host_prefix) + '*.tmp')):
-        pid = os.path.basename(tmp)[len(host_prefix):].split('.')[0]
+    prefix = host_prefix(path)
+    for tmp in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.tmp')):
+        pid = os.path.basename(tmp)[len(prefix):].split('.')[0]
         if pid.isdigit() and not process_runs(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
@@ -50,7 +50,7 @@ def atomic_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'{host_prefix(path)}{os.getpid()}.', suffix='.tmp')
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
