@@ -129,6 +129,8 @@ def make_corpus(folder):
 
 @pytest.mark.parametrize('tokenizer', ['gpt2', 'char'])
 def test_custom_corpus_folder(tmp_path, monkeypatch, tokenizer):
+    if tokenizer == 'gpt2':
+        gpt2_encoding()  # or skip
     monkeypatch.setattr(prepare, 'PART_BYTES', 1)  # a piece per file: the val split cuts across pieces
     monkeypatch.setattr(prepare, 'SHARD_TOKENS', 3)
     documents = make_corpus(tmp_path / 'corpus')
@@ -158,6 +160,7 @@ def test_cli_prepares_a_folder_on_two_processes(tmp_path):
 
 
 def test_long_documents_are_cut_without_losing_or_changing_text(tmp_path, monkeypatch):
+    gpt2_encoding()  # or skip
     # a 7-character batch size forces cuts inside lines, at spaces, inside words and between
     # the bytes of multi-byte characters as the file is read
     monkeypatch.setattr(prepare, 'BATCH_CHARS', 7)
@@ -224,6 +227,7 @@ def split_documents(ids, enc):
 
 
 def test_parquet_corpus_with_val_by_document(tmp_path):
+    gpt2_encoding()  # or skip
     files, documents = make_web_corpus(tmp_path / 'owt')
     prepare.prepare_corpus(files, str(tmp_path / 'out'), 'gpt2', val_fraction=0.25, val_by_document=True)
     meta, train, val = read_bins(tmp_path / 'out')
@@ -236,6 +240,7 @@ def test_parquet_corpus_with_val_by_document(tmp_path):
 
 
 def test_interrupted_preparation_resumes_where_it_stopped(tmp_path, monkeypatch):
+    gpt2_encoding()  # or skip
     monkeypatch.setattr(prepare, 'PART_BYTES', 1)  # each parquet file is a part of its own
     files, _ = make_web_corpus(tmp_path / 'owt')
     prepare.prepare_corpus(files, str(tmp_path / 'whole'), 'gpt2', val_fraction=0.25, val_by_document=True)
@@ -332,6 +337,8 @@ BAD_INPUTS = {  # how to make the input, the error, what its message says
 @pytest.mark.parametrize('tokenizer', ['char', 'gpt2'])
 @pytest.mark.parametrize('case', BAD_INPUTS)
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, tokenizer):
+    if tokenizer == 'gpt2':
+        gpt2_encoding()  # or skip
     make_input, error, message = BAD_INPUTS[case]
     inputs = make_input(tmp_path)
     with pytest.raises(error, match=message):

@@ -12,7 +12,7 @@ import machine
 import sample
 import train
 from configurator import configure
-from conftest import ROOT
+from conftest import ROOT, gpt2_encoding
 from model import GPT, GPTConfig
 from test_train import args, char_data  # noqa: F401 (a fixture)
 
@@ -70,6 +70,7 @@ def test_streaming_writes_the_first_sample_token_by_token(trained):
 
 def test_streaming_never_splits_a_multibyte_character(tmp_path):
     """GPT-2 BPE tokens can end inside a UTF-8 character: the stream holds such bytes back."""
+    gpt2_encoding()  # or skip
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50257)).eval()
     tokenizer = dataset.Tokenizer(None)
