@@ -72,6 +72,13 @@ def check_settings(cfg):
                          'out of the prefill), or 0 to skip generation')
     if cfg['peak_flops'] < 0:
         raise ValueError(f"peak_flops={cfg['peak_flops']} must be positive (FLOP/s, e.g. 989e12), or 0 for the table")
+    # train.py's keys that a timed step reads, in train.py's ranges
+    for key in ('seed', 'learning_rate', 'weight_decay', 'grad_clip'):
+        if cfg[key] < 0:
+            raise ValueError(f'{key}={cfg[key]} must be 0 or more' + (' (0 disables clipping)' if key == 'grad_clip' else ''))
+    for key in ('beta1', 'beta2'):
+        if not 0 <= cfg[key] < 1:
+            raise ValueError(f'{key}={cfg[key]} must be in [0, 1), e.g. 0.9 / 0.95')
 
 
 def resolve(cfg, m):

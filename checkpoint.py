@@ -39,9 +39,10 @@ def init_model(cfg, given, meta):
     if init_from == 'scratch':
         return GPT(model_config(cfg, given, meta)), None
     if init_from == 'resume':
-        ckpt = load(os.path.join(cfg['out_dir'], 'ckpt.pt'))
+        path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+        ckpt = load(path)
         config = model_config(cfg, given, meta, ckpt['model_args'], 'the checkpoint')
-        model = model_from(ckpt, dropout=cfg['dropout'])
+        model = model_from(ckpt, dropout=cfg['dropout'], source=path)
     elif init_from in PRETRAINED or os.path.isdir(init_from):
         import hf
         ckpt = None
@@ -150,8 +151,9 @@ def clean_state_dict(state_dict):
             if not k.replace('_orig_mod.', '').endswith('.attn.bias')}
 
 
-def model_from(ckpt, dropout=None):
-    """The GPT a checkpoint holds, with its exact architecture (optionally another dropout)."""
+def model_from(ckpt, dropout=None, source='the checkpoint'):
+    """The GPT a checkpoint holds, with its exact architecture (optionally another dropout). `source` names the
+    file in errors."""
     args = dict(ckpt['model_args'])
     if dropout is not None:
         args['dropout'] = dropout
@@ -165,7 +167,7 @@ def model_from(ckpt, dropout=None):
     }
     if any(problems.values()):
         listed = '; '.join(f"{what} {keys[:5]}" for what, keys in problems.items() if keys)
-        raise ValueError(f'the checkpoint\'s weights do not match its model_args: {listed}; the file was edited '
+        raise ValueError(f'the weights in {source} do not match its model_args: {listed}; the file was edited '
                          'or written by another program')
     model.load_state_dict(weights)
     return model
@@ -216,8 +218,9 @@ def load_for_sampling(init_from, out_dir, data_dir=''):
     it was trained on), 'gpt2*' or a Hugging Face GPT-2 folder (GPT-2's BPE, unless data_dir says otherwise)."""
     import dataset
     if init_from == 'resume':
-        ckpt = load(os.path.join(out_dir, 'ckpt.pt'))
-        model = model_from(ckpt)
+        path = os.path.join(out_dir, 'ckpt.pt')
+        ckpt = load(path)
+        model = model_from(ckpt, source=path)
         train_cfg = ckpt.get('config') or {}
         data_dir = data_dir or train_cfg.get('data_dir') or (
             os.path.join('data', train_cfg['dataset']) if train_cfg.get('dataset') else '')

@@ -42,7 +42,7 @@ def load_meta(data_dir):
     if problems:
         raise ValueError(f"{path} is incomplete or wrong ({'; '.join(problems)}): prepare the dataset again")
     meta.setdefault('dtype', 'uint16')
-    meta.setdefault('tokenizer', 'char' if 'stoi' in meta else 'gpt2')
+    meta.setdefault('tokenizer', 'char')
     return meta
 
 
@@ -52,9 +52,12 @@ def meta_problems(meta):
     out = []
     if not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
         out.append(f"vocab_size={meta.get('vocab_size')!r} is not a positive integer")
+    if not isinstance(meta.get('tokenizer', 'char'), str):
+        out.append(f"tokenizer={meta['tokenizer']!r} is not 'char' or the name of a tiktoken encoding")
     if meta.get('dtype', 'uint16') not in ('uint16', 'uint32'):
         out.append(f"dtype={meta['dtype']!r} is not 'uint16' or 'uint32'")
-    if meta.get('tokenizer', 'char' if 'stoi' in meta else 'gpt2') == 'char':
+    # no tokenizer key: nanoGPT's, which writes a meta.pkl for character-level data only (its stoi and itos)
+    if meta.get('tokenizer', 'char') == 'char':
         stoi, itos = meta.get('stoi'), meta.get('itos')
         if not isinstance(stoi, dict) or not isinstance(itos, dict) or len(stoi) != len(itos):
             out.append('a char tokenizer needs stoi and itos tables of the same size')

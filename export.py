@@ -30,8 +30,8 @@ def main():
     if not config['to']:
         raise ValueError('say where to write the Hugging Face folder: --to=FOLDER, '
                          'e.g. python export.py --out_dir=out --to=hf/')
-    ckpt = checkpoint.load(os.path.join(config['out_dir'], 'ckpt.pt'))
-    model = checkpoint.model_from(ckpt)
+    path = os.path.join(config['out_dir'], 'ckpt.pt')
+    model = checkpoint.model_from(checkpoint.load(path), source=path)
     layout = export_hf(model, config['to'], config['force'])
     arch = {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM'}[layout]
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "

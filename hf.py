@@ -8,6 +8,7 @@ GPT2LMHeadModel for GPT-2-architecture models, LlamaForCausalLM for Llama-style 
     hf.export_hf(model, 'hf/')                 # config.json + model.safetensors
 """
 
+import contextlib
 import json
 import os
 
@@ -240,9 +241,12 @@ def export_hf(model, folder, force=False):
     # safetensors wants each tensor in its own contiguous memory (views of c_attn and transposes are neither)
     tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     config['torch_dtype'] = str(model.lm_head.weight.dtype).removeprefix('torch.')
+    # config.json goes first and comes back last: a folder with a config.json holds that config's weights
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, 'config.json'))
     with atomic_path(os.path.join(folder, 'model.safetensors')) as tmp:
         save_file(tensors, tmp, metadata={'format': 'pt'})
-    with atomic_path(os.path.join(folder, 'config.json')) as tmp:  # last: a config.json means complete weights
+    with atomic_path(os.path.join(folder, 'config.json')) as tmp:
         with open(tmp, 'w') as f:
             json.dump(config, f, indent=2)
     return layout

@@ -10,6 +10,7 @@ the batch is printed as it is generated, the others when the batch is done.
 """
 
 import contextlib
+import os
 import sys
 import time
 
@@ -51,6 +52,23 @@ def check_options(cfg):
         raise ValueError(f"max_new_tokens={cfg['max_new_tokens']} must be >= 0")
     if cfg['num_samples'] < 1:
         raise ValueError(f"num_samples={cfg['num_samples']} must be at least 1")
+    if cfg['out_file']:
+        check_out_file(cfg['out_file'])
+
+
+def check_out_file(path):
+    """Fail now, not after generating, when the samples could not be written to path. atomic_path creates the
+    missing folders and writes beside path, so the nearest existing folder above it must be writable."""
+    if os.path.isdir(path):
+        raise ValueError(f'out_file={path} is a folder: give the path of a file, e.g. '
+                         f'--out_file={os.path.join(path, "samples.txt")}')
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f'out_file={path} cannot be written: {folder} is a file, not a folder; choose another path')
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f'out_file={path} cannot be written: no permission to write in {folder}; choose another path')
 
 
 def read_prompt(start):

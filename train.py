@@ -303,9 +303,11 @@ def read_records(path, before):
 def start_wandb(cfg):
     try:
         import wandb
-        wandb.init(project=cfg['wandb_project'], name=cfg['wandb_run_name'], config=dict(cfg))
+        # wandb waits 90 s for an unreachable server by default: a user should not wait that long for the error
+        timeout = {} if 'WANDB_INIT_TIMEOUT' in os.environ else {'settings': wandb.Settings(init_timeout=30)}
+        wandb.init(project=cfg['wandb_project'], name=cfg['wandb_run_name'], config=dict(cfg), **timeout)
     except Exception as e:
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split()[:40])
         raise ValueError(f'wandb_log=True, but wandb could not start ({reason}): log in with `wandb login`, '
                          'or set WANDB_MODE=offline, or drop --wandb_log') from None
     return wandb
