@@ -247,12 +247,19 @@ class Encoder:
             raise ValueError('an input file changed while it was being prepared: run again')
         return ids.astype(self.dtype)
 
-    def encode(self, batch):
+    def encode(self, batch, max_tokens=None):
+        """(train ids, val ids); with max_tokens, of only the batch's first max_tokens tokens in corpus order."""
         ids = ([], [])  # train, val
         for piece in batch.pieces:
-            ids[piece.val].append(self.encode_text(piece.text))
+            piece_ids = self.encode_text(piece.text)
             if piece.ends_document:
-                ids[piece.val].append(self.end_of_document)
+                piece_ids = np.concatenate([piece_ids, self.end_of_document])
+            if max_tokens is not None:
+                piece_ids = piece_ids[:max_tokens]
+                max_tokens -= len(piece_ids)
+            ids[piece.val].append(piece_ids)
+            if max_tokens == 0:
+                break
         return tuple(np.concatenate(split) if split else np.empty(0, self.dtype) for split in ids)
 
 
@@ -311,15 +318,19 @@ def make_meta(tokenizer, files, text_field):
 
 
 def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc=1, text_field='text',
-                   val_by_document=False):
+                   val_by_document=False, max_tokens=None):
     """Tokenize the corpus at inputs (a path or list of paths, see corpus_files) into out_dir's
     train.bin, val.bin and meta.pkl. val.bin is the last val_fraction of the token stream, or with
-    val_by_document a random val_fraction of the documents (nanoGPT's OpenWebText split).
+    val_by_document a random val_fraction of the documents (nanoGPT's OpenWebText split). With
+    max_tokens, only the first max_tokens tokens of the corpus's stream (documents in order, each with
+    its end-of-text token) are kept, cut exactly: the two bins hold that many tokens together.
     Returns {'train_tokens', 'val_tokens', 'vocab_size', 'dtype', 'tokenizer'}."""
     if not 0 < val_fraction < 1:
         raise ValueError(f'val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1')
     if not isinstance(num_proc, int) or num_proc < 1:
         raise ValueError(f'num_proc={num_proc!r} must be a whole number of processes, at least 1')
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f'max_tokens={max_tokens!r} must be a whole number of tokens, at least 1')
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     files = corpus_files(inputs)
     try:
@@ -330,13 +341,15 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
     source = inputs[0] if len(inputs) == 1 else f'{inputs[0]} and {len(inputs) - 1} more'
     if total == 0:
         raise ValueError(f'{source} is empty: there is no text to prepare')
+    if max_tokens is not None:
+        source = f'the first {max_tokens:,} tokens of {source}'
     if tokenizer != 'char':
         get_encoding(tokenizer)  # fail now on an unknown or unloadable one, not in every worker
 
     work_dir = os.path.join(out_dir, '.prepare')
     plan = {'files': [(os.path.abspath(p), st.st_size, st.st_mtime_ns) for p, st in zip(files, file_stats)],
             'tokenizer': tokenizer, 'text_field': text_field, 'val_fraction': val_fraction,
-            'val_by_document': val_by_document}
+            'val_by_document': val_by_document, 'max_tokens': max_tokens}
     meta = resume(work_dir, plan)
     if meta is None:
         shutil.rmtree(work_dir, ignore_errors=True)  # another corpus's or settings' pieces
@@ -346,13 +359,13 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
     parts = split_into_parts(list(enumerate(files)), [st.st_size for st in file_stats])
     read = functools.partial(batches, text_field=text_field, val_fraction=val_fraction, val_by_document=val_by_document)
     try:
-        tokenize_parts(parts, read, meta, num_proc, work_dir)
+        tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens)
     except ValueError:  # the input must be fixed, which starts over anyway; an interrupt keeps the pieces
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
     except BrokenProcessPool:
         raise OSError('a worker process died (killed for lack of memory?): run the same command again to resume, '
-                      f'with fewer processes (--num_proc) if it happens again') from None
+                      'with fewer processes (--num_proc) if it happens again') from None
 
     n_train, n_val = write_dataset(out_dir, work_dir, len(parts), meta, val_fraction, val_by_document, source)
     shutil.rmtree(work_dir)
@@ -429,19 +442,28 @@ def piece_path(work_dir, part, split):
     return os.path.join(work_dir, f'{part:05d}.{split}.bin')
 
 
-def tokenize_parts(parts, read, meta, num_proc, work_dir):
+def tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens=None):
     """Tokenize each part not done yet into its two pieces in work_dir (train and val ids), written
-    atomically, the train piece last: its presence marks the part done."""
+    atomically, the train piece last: its presence marks the part done. With max_tokens the stream
+    stops after that many tokens: the batch where it does is encoded again here up to the cut, and
+    the parts after it get empty pieces. Parts are done in order, so the tokens of the done ones are
+    what a resumed run has already taken."""
     done = [i for i in range(len(parts)) if os.path.exists(piece_path(work_dir, i, 'train'))]
     if done:
         print(f'resuming: {len(done)} of {len(parts)} parts are already tokenized in {work_dir}')
-    total = sum(sum(sizes) for _, sizes in parts)
-    done_bytes = sum(sum(parts[i][1]) for i in done)
+    itemsize = np.dtype(meta['dtype']).itemsize
+    done_tokens = sum(os.path.getsize(piece_path(work_dir, i, split)) for i in done for split in ('train', 'val'))
+    done_tokens //= itemsize
+    left = None if max_tokens is None else max_tokens - done_tokens  # tokens still to take
+    if max_tokens is None:
+        progress = tqdm(total=sum(sum(sizes) for _, sizes in parts), initial=sum(sum(parts[i][1]) for i in done),
+                        unit='B', unit_scale=True, desc='tokenizing', delay=1)
+    else:  # in tokens: how much of the input the cut needs is not known in advance
+        progress = tqdm(total=max_tokens, initial=done_tokens, unit='tok', unit_scale=True, desc='tokenizing', delay=1)
     if num_proc > 1:
         workers = ProcessPoolExecutor(num_proc, initializer=start_worker, initargs=(meta,))
     else:
         workers = contextlib.nullcontext()  # None: encode in this process, without forking
-    progress = tqdm(total=total, initial=done_bytes, unit='B', unit_scale=True, desc='tokenizing', delay=1)
     with workers as pool, progress as bar:
         for i, (files, _) in enumerate(parts):
             if i in done:
@@ -449,10 +471,19 @@ def tokenize_parts(parts, read, meta, num_proc, work_dir):
             with atomic_path(piece_path(work_dir, i, 'train')) as train_tmp, \
                     atomic_path(piece_path(work_dir, i, 'val')) as val_tmp, \
                     open(train_tmp, 'wb') as train_file, open(val_tmp, 'wb') as val_file:
+                if left == 0:
+                    continue  # the stream was cut before this part: its pieces stay empty
                 for batch, (train_ids, val_ids) in encoded(read(files), meta, pool, num_proc):
+                    if left is not None and len(train_ids) + len(val_ids) > left:
+                        train_ids, val_ids = Encoder(meta).encode(batch, left)  # the cut, to the token
                     train_file.write(train_ids.tobytes())
                     val_file.write(val_ids.tobytes())
-                    bar.update(batch.nbytes)
+                    taken = len(train_ids) + len(val_ids)
+                    bar.update(batch.nbytes if left is None else taken)
+                    if left is not None:
+                        left -= taken
+                        if left == 0:
+                            break
 
 
 def write_bin(pieces, start, stop, path, dtype, name):
@@ -490,6 +521,27 @@ def download(url, path):
                       f'or give the data/*/prepare.py script --input=PATH to a copy') from None
     with atomic_path(path) as tmp, open(tmp, 'wb') as f:
         f.write(response.content)
+
+
+def download_parquet(repo, folder, n_files=None):
+    """The paths of the .parquet files in folder of the Hugging Face dataset repo, in sorted order (the
+    first n_files of them, or all), downloaded into the Hugging Face cache unless they are there already
+    (huggingface_hub resumes a partial download), with a progress bar each; or an error that says how to
+    get them by hand."""
+    from huggingface_hub import HfApi, hf_hub_download
+    by_hand = (f'download its {folder}/*.parquet files into a folder from https://huggingface.co/datasets/{repo} '
+               f'by hand and pass --input=FOLDER')
+    try:
+        names = sorted(name for name in HfApi().list_repo_files(repo, repo_type='dataset')
+                       if name.startswith(f'{folder}/') and name.endswith('.parquet'))
+        paths = [hf_hub_download(repo, name, repo_type='dataset') for name in names[:n_files]]
+    except Exception as e:  # requests' errors are OSErrors, httpx's (huggingface_hub 1.0 and later) are not
+        reason = (str(e).strip().splitlines() or [''])[-1].split('. ')[0]
+        raise OSError(f'could not download {repo} from the Hugging Face hub ({type(e).__name__}: {reason}); '
+                      f'check the network (and HF_HUB_OFFLINE), or {by_hand}') from None
+    if not paths:
+        raise OSError(f'{repo} has no {folder}/*.parquet files any more: {by_hand}')
+    return paths
 
 
 def prepare_builtin(name, data_dir, input=None):

@@ -14,14 +14,13 @@ are streamed in batches. Interrupted? Run the same command again: the download a
 tokenization resume where they stopped (a part, one parquet file, at a time).
 """
 
-import glob
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
 from configurator import cli, configure
-from corpus import prepare_corpus
+from corpus import download_parquet, prepare_corpus
 
 REPO = 'Skylion007/openwebtext'
 DEFAULTS = {
@@ -32,20 +31,9 @@ DEFAULTS = {
 
 
 def download_openwebtext():
-    """The paths of the dataset's parquet files, downloaded into the Hugging Face cache when they
-    are not there yet (huggingface_hub resumes a partial download)."""
-    from huggingface_hub import snapshot_download
-    try:
-        folder = snapshot_download(REPO, repo_type='dataset', allow_patterns='data/*.parquet')
-    except OSError as e:
-        reason = (str(e).strip().splitlines() or [''])[-1].split('. ')[0]
-        raise OSError(f'could not download {REPO} from the Hugging Face hub ({type(e).__name__}: {reason}); '
-                      f'check the network (and HF_HUB_OFFLINE), or download its data/*.parquet files from '
-                      f'https://huggingface.co/datasets/{REPO} by hand and pass --input=FOLDER') from None
-    files = sorted(glob.glob(os.path.join(folder, 'data', '*.parquet')))
-    if not files:
-        raise OSError(f'{REPO} has no data/*.parquet files any more: download its text by hand and pass --input=FOLDER')
-    return files
+    """The paths of the dataset's 80 parquet files, downloaded into the Hugging Face cache when they are
+    not there yet."""
+    return download_parquet(REPO, 'data')
 
 
 def main():
