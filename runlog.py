@@ -1,9 +1,11 @@
 """
-What a training run reports, from its master process: the console, out_dir/metrics.jsonl and wandb.
+What a training run reports, from its master process: the console, out_dir/metrics.jsonl, out_dir/loss.png and wandb.
 
 metrics.jsonl is strict JSON (NaN and infinities are written as null), one record per logged iteration
-({"iter", "loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "train_loss", "val_loss"}). A resumed run
-first rewrites it without what came after its checkpoint, so that the file holds each iteration once.
+({"iter", "tokens", "loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss"});
+"tokens" counts the training tokens seen up to that iteration. A resumed run first rewrites it without what came
+after its checkpoint, so that the file holds each iteration once. loss.png is drawn from it (curves.py) after
+every evaluation (at the next logged step, the checkpoint saved) and at the end.
 """
 
 import json
@@ -16,10 +18,13 @@ from atomic import atomic_path
 
 class Log:
     """What the master process reports: the console, out_dir/metrics.jsonl (strict JSON, one record per logged
-    iteration and eval: a resumed run first drops what came after its checkpoint) and wandb."""
+    iteration and eval: a resumed run first drops what came after its checkpoint), out_dir/loss.png and wandb."""
 
     def __init__(self, cfg, m, iter_num):
         self.master, self.ema_mfu, self.file, self.wandb = m.master, None, None, None
+        self.iter_start = iter_num
+        # loss.png's path; whether an evaluation asks for it to be drawn; whether records came after its last drawing
+        self.plot, self.draw_due, self.unplotted = None, False, False
         self.peak_flops = cfg['peak_flops'] or (machine.peak_flops(m.device, m.dtype) if m.master else None)
         if not m.master or cfg['eval_only']:
             return
@@ -29,21 +34,55 @@ class Log:
         with atomic_path(path) as tmp, open(tmp, 'w') as f:
             f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
         self.file = open(path, 'a')
+        # tokens are counted on from the checkpoint's count, since a resumed run may take another batch size
+        self.tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
+        self.tokens_start = next((r['tokens'] for r in kept if r['iter'] == iter_num and 'tokens' in r),
+                                 iter_num * self.tokens_per_iter)
+        self.plot = os.path.join(cfg['out_dir'], 'loss.png')
+        self.label = os.path.basename(os.path.normpath(cfg['out_dir']))  # the run's name in the picture
         if cfg['wandb_log']:
             self.wandb = start_wandb(cfg)
 
     def record(self, record):
-        record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
-        if self.file:
-            self.file.write(json.dumps(record, allow_nan=False) + '\n')
-            self.file.flush()
+        if not self.file:
+            return
+        tokens = self.tokens_start + (record['iter'] - self.iter_start) * self.tokens_per_iter
+        record = {'iter': record['iter'], 'tokens': tokens,
+                  **{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}}
+        self.file.write(json.dumps(record, allow_nan=False) + '\n')
+        self.file.flush()
+        self.unplotted = True
         if self.wandb:
             self.wandb.log(record, step=record['iter'])
+
+    def draw(self):
+        """out_dir/loss.png from metrics.jsonl. It is only a picture: if it cannot be drawn, say so once and train on."""
+        self.draw_due = False
+        if not self.plot:
+            return
+        try:
+            import curves  # here, not at the top: matplotlib takes a second to import, and a run without it trains
+            curves.draw([(self.label, read_records(self.file.name))], self.plot)
+            self.unplotted = False
+        except Exception as e:
+            print(f'warning: cannot draw {self.plot} ({type(e).__name__}: {e}); training goes on without it')
+            self.plot = None
 
     def eval(self, iter_num, losses):
         if self.master:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             self.record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
+            # drawn at the next logged step (its time counts in the next iteration's), once the checkpoint is saved:
+            # a picture never delays a save, and this iteration's HellaSwag score is in it. A run's first evaluation
+            # waits for the next one: it has no training step to show yet
+            self.draw_due = iter_num > self.iter_start
+
+    def hellaswag(self, iter_num, result):
+        if self.master:
+            print(f"step {iter_num}: hellaswag acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} "
+                  f"({result['n']} examples)")
+            self.record({'iter': iter_num, 'hellaswag_acc': result['acc'], 'hellaswag_acc_norm': result['acc_norm'],
+                         'hellaswag_n': result['n']})
 
     def step(self, iter_num, loss, lr, dt, mfu, eta):
         if not self.master:
@@ -54,17 +93,21 @@ class Log:
         print(f'iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, mfu {shown}, '
               f'eta {format_seconds(eta)}')
         self.record({'iter': iter_num, 'loss': loss, 'lr': lr, 'ms': dt * 1000, 'mfu': self.ema_mfu})
+        if self.draw_due:
+            self.draw()
 
     def close(self):
+        if self.unplotted:  # the last evaluation, or the last steps of a run stopped by an error or Ctrl-C
+            self.draw()
         if self.file:
             self.file.close()
         if self.wandb:
             self.wandb.finish()
 
 
-def read_records(path, before):
-    """The records of metrics.jsonl up to a checkpoint at iteration `before`: its training steps up to it, its
-    evals before it (the resumed run evaluates that iteration again). A line cut by a kill is dropped."""
+def read_records(path, before=math.inf):
+    """The records of metrics.jsonl, or, for a run resumed at iteration `before`, those up to it: its training steps
+    up to it, its evals before it (the resumed run evaluates that iteration again). A line cut by a kill is dropped."""
     records = []
     if os.path.exists(path):
         with open(path) as f:

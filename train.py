@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import dataset
+import hellaswag
 import machine
 from configurator import cli, configure
 from model import GPTConfig
@@ -36,6 +37,8 @@ DEFAULTS = dict(
     log_interval=1,
     eval_iters=200,
     eval_only=False,  # evaluate once, print and exit (writes nothing)
+    hellaswag_interval=0,  # score HellaSwag (GPT-2 BPE models) every this many iterations; 0: never
+    hellaswag_data='',  # hellaswag_val.jsonl; '' downloads it once into a cache folder (see hellaswag.py)
     always_save_checkpoint=True,  # save at every eval, not only when val loss improves
     init_from='scratch',  # 'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*' or a Hugging Face GPT-2 folder
     overwrite=False,  # start a new run in an out_dir that holds one: its ckpt.pt and metrics.jsonl are replaced
@@ -104,7 +107,7 @@ def check_settings(cfg):
         if cfg[key] < 1:
             raise ValueError(f'{key}={cfg[key]} must be at least 1')
     for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip', 'learning_rate',
-                'min_lr', 'peak_flops', 'seed'):
+                'min_lr', 'peak_flops', 'seed', 'hellaswag_interval'):
         if cfg[key] < 0:
             raise ValueError(f'{key}={cfg[key]} must be 0 or more' + (' (0 disables clipping)' if key == 'grad_clip' else ''))
     for key in ('beta1', 'beta2'):
@@ -145,11 +148,25 @@ def train(cfg, given, m):
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters; {tokens_per_iter(cfg):,} tokens per iteration "
               f"({grad_accum} micro-steps x {m.world_size} processes x {cfg['batch_size']} x {cfg['block_size']}); "
               f"from iteration {iter_num} to {cfg['max_iters']}")
+    hellaswag_task = load_hellaswag(cfg, meta, m) if cfg['hellaswag_interval'] else None
     log = Log(cfg, m, iter_num)
     try:
-        return train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_val_loss)
+        return train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_val_loss, hellaswag_task)
     finally:
         log.close()
+
+
+def load_hellaswag(cfg, meta, m):
+    """(tokenizer, examples) for HellaSwag during training: the master fetches the data, the others wait and read."""
+    tokenizer = dataset.Tokenizer(meta)
+    hellaswag.check_tokenizer(tokenizer)
+    if m.master:
+        examples = hellaswag.load_examples(cfg['hellaswag_data'] or None)
+    if m.world_size > 1:
+        torch.distributed.barrier()
+    if not m.master:
+        examples = hellaswag.load_examples(cfg['hellaswag_data'] or None)
+    return tokenizer, examples
 
 
 def tokens_per_iter(cfg):
@@ -173,7 +190,7 @@ def restore(ckpt, optimizer, scaler, cfg, m):
     return ckpt['iter_num'], ckpt['best_val_loss']
 
 
-def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_val_loss):
+def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_val_loss, hellaswag_task):
     raw_model = model
     if m.compile:
         if m.master:
@@ -186,7 +203,8 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
     start_iter, losses_logged = iter_num, []
     t_start = t0 = time.time()
     while True:
-        if iter_num % cfg['eval_interval'] == 0 or iter_num >= cfg['max_iters'] or cfg['eval_only']:
+        evaluated = iter_num % cfg['eval_interval'] == 0 or iter_num >= cfg['max_iters'] or cfg['eval_only']
+        if evaluated:
             losses = estimate_loss(eval_model, batches, m, cfg['eval_iters'])
             log.eval(iter_num, losses)
             if not all(map(math.isfinite, losses.values())):
@@ -195,9 +213,13 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
                                                                    or cfg['always_save_checkpoint']):
                 best_val_loss = min(best_val_loss, losses['val'])
                 save(raw_model, optimizer, scaler, cfg, m, iter_num, best_val_loss, losses['val'])
-            if cfg['eval_only'] or iter_num >= cfg['max_iters']:
-                break
-            t0 = time.time()  # the eval's time is not the next iteration's
+        if hellaswag_task and (iter_num % cfg['hellaswag_interval'] == 0 or iter_num >= cfg['max_iters']):
+            log.hellaswag(iter_num, hellaswag.evaluate(raw_model, *hellaswag_task, m))
+            evaluated = True
+        if cfg['eval_only'] or iter_num >= cfg['max_iters']:
+            break
+        if evaluated:
+            t0 = time.time()  # the evaluations' time is not the next iteration's
         lr = get_lr(iter_num, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'],
                     cfg['decay_lr'])
         for group in optimizer.param_groups:

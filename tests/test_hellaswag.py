@@ -280,3 +280,30 @@ def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='could not download HellaSwag .* pass its path with --data=PATH'):
         hellaswag.load_examples()
     assert not os.path.exists(tmp_path / 'cache' / 'hellaswag_val.jsonl')
+
+
+def test_train_scores_hellaswag_during_training(tmp_path):
+    """train.py --hellaswag_interval logs HellaSwag to metrics.jsonl; the last record equals evaluate.py's score of
+    the checkpoint saved at the same iteration."""
+    gpt2_encoding()
+    data = tmp_path / 'data'
+    os.makedirs(data)
+    ids = torch.randint(50257, (20_000,), generator=torch.Generator().manual_seed(0)).numpy().astype('uint16')
+    ids[:18_000].tofile(data / 'train.bin')
+    ids[18_000:].tofile(data / 'val.bin')
+    with open(data / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': 'gpt2', 'train_tokens': 18_000,
+                     'val_tokens': 2_000}, f)
+    examples = write_examples(tmp_path / 'hellaswag.jsonl', EXAMPLES)
+    out_dir = tmp_path / 'out'
+    result = subprocess.run([sys.executable, 'train.py', f'--data_dir={data}', f'--out_dir={out_dir}', '--device=cpu',
+                             '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32',
+                             '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=2', '--eval_interval=4',
+                             '--max_iters=4', '--hellaswag_interval=2', f'--hellaswag_data={examples}'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(out_dir / 'metrics.jsonl') as f:
+        scores = [r for r in map(json.loads, f) if 'hellaswag_acc' in r]
+    assert [(r['iter'], r['hellaswag_n']) for r in scores] == [(0, 6), (2, 6), (4, 6)]
+    final = evaluate_json('--init_from=resume', f'--out_dir={out_dir}', f'--data={examples}')
+    assert (final['acc'], final['acc_norm']) == (scores[-1]['hellaswag_acc'], scores[-1]['hellaswag_acc_norm'])

@@ -46,9 +46,13 @@ def command(*argv, procs=1):
             *map(str, argv)]
 
 
+# one thread per process in every run: CPU kernels sum in another order on another number of threads
+ENV = dict(os.environ, OMP_NUM_THREADS='1')
+
+
 def train(*argv, procs=1):
     result = subprocess.run(command(*argv, procs=procs), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+                            env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -72,25 +76,34 @@ def test_twenty_random_kills_change_nothing(data_dir, tmp_path):
     continued with --init_from=resume (or started again when no checkpoint was saved yet), logs exactly the
     losses of the uninterrupted run, bit for bit, one record per iteration and eval, and leaves no temporary file."""
     run = [*TINY, f'--data_dir={data_dir}', '--max_iters=300', '--eval_interval=10', '--lr_decay_iters=300']
+    t0 = time.time()
+    train(*run, f"--out_dir={tmp_path / 'start'}", '--max_iters=0')
+    startup = time.time() - t0  # imports, setup and an eval: the kills scale with the machine's speed
     whole = tmp_path / 'whole'
+    t0 = time.time()
     train(*run, f'--out_dir={whole}')
+    training = max(time.time() - t0 - startup, 0.1)
     killed = tmp_path / 'killed'
+
+    def init_from():
+        return f"--init_from={'resume' if os.path.exists(killed / 'ckpt.pt') else 'scratch'}"
     rng = random.Random(0)
-    kills = 0
-    while kills < 20:
-        resume = os.path.exists(killed / 'ckpt.pt')
-        proc = subprocess.Popen(command(*run, f'--out_dir={killed}', f"--init_from={'resume' if resume else 'scratch'}"),
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 3.0))  # past the imports (~1.5 s), somewhere in the run
-        if proc.poll() is not None:
+    kills, finished = 0, False
+    while kills < 20 and not finished:
+        proc = subprocess.Popen(command(*run, f'--out_dir={killed}', init_from()), cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # anywhere from the imports to a tenth of the training in: 20 kills fall before the run can end
+        time.sleep(rng.uniform(0.5 * startup, startup + training / 10))
+        finished = proc.poll() is not None
+        if finished:
             assert proc.returncode == 0
-            break  # finished before its kill: start over from the checkpoint for the remaining kills
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    if kills == 20 or not os.path.exists(killed / 'ckpt.pt') or checkpoint.load(killed / 'ckpt.pt')['iter_num'] < 300:
-        train(*run, f'--out_dir={killed}', '--init_from=resume')
-    assert kills >= 10  # the loop above kills 20 times unless runs end first, which 300 iterations do not in 1-3 s
+        else:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    if not finished:
+        train(*run, f'--out_dir={killed}', init_from())
+    assert kills >= 10  # the loop kills 20 times unless the run ends first
     assert values(metrics(killed)) == values(metrics(whole))
     a, b = checkpoint.load(whole / 'ckpt.pt')['model'], checkpoint.load(killed / 'ckpt.pt')['model']
     assert all(torch.equal(a[k], b[k]) for k in a)

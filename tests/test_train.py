@@ -217,7 +217,7 @@ def test_ddp_two_processes_with_gloo(char_data, tmp_path):
     assert result.returncode == 0, result.stderr[:3000]
     assert result.stdout.count('world size 2') == 1  # one process prints
     assert result.stdout.count('saved checkpoint') == 2
-    assert sorted(os.listdir(out_dir)) == ['ckpt.pt', 'metrics.jsonl']
+    assert sorted(os.listdir(out_dir)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']
     records = read_metrics(out_dir)
     assert [r['iter'] for r in records if 'loss' in r] == [1, 2, 3, 4]
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))

@@ -388,4 +388,4 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(char_data, tmp_pa
     err = cli_error(capsys, lambda: train.main(argv + ['--init_from=resume', '--max_iters=8']))
     assert f'could not save {path}' in err and 'No space left on device' in err and '--init_from=resume' in err
     assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'metrics.jsonl']
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']

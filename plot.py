@@ -1,0 +1,55 @@
+"""
+The loss curves of one run or several in one picture, to compare them by eye: the losses, the learning rate and
+HellaSwag (when logged) of each run, one color per run, labeled by its folder as written on the command line.
+
+    python plot.py out-shakespeare-char-cpu                        # writes runs.png
+    python plot.py out-a out-b --x=tokens --out=compare.png
+    python plot.py out --x=seconds
+
+Each OUT_DIR is a train.py out_dir; its metrics.jsonl is read as it is, so a run in progress can be drawn. --x is
+iter (the default), tokens (the training tokens seen, which train.py records) or seconds (the training time, the
+evaluations left out). --out (default runs.png) is written atomically; its extension picks the format (.png, .svg,
+.pdf). train.py draws each run's own out_dir/loss.png the same way.
+"""
+
+import os
+import sys
+
+import curves
+from configurator import cli, configure
+from runlog import read_records
+
+DEFAULTS = {
+    'out': 'runs.png',  # the picture to write
+    'x': 'iter',  # iter, tokens or seconds
+}
+
+
+def main():
+    if '-h' in sys.argv or '--help' in sys.argv:
+        print(__doc__)
+        return
+    folders = [arg for arg in sys.argv[1:] if not arg.startswith('-')]
+    config = configure(DEFAULTS, [arg for arg in sys.argv[1:] if arg.startswith('-')])
+    if not folders:
+        raise ValueError('no run: write python plot.py OUT_DIR [OUT_DIR ...] (see --help)')
+    if config['x'] not in curves.XS:
+        raise ValueError(f"--x={config['x']} is not one of {', '.join(curves.XS)}")
+    runs = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise ValueError(f'{folder} does not exist: give the out_dir of a train.py run')
+        path = os.path.join(folder, 'metrics.jsonl')
+        if not os.path.isfile(path):
+            raise ValueError(f'{folder} has no metrics.jsonl: is it the out_dir of a train.py run?')
+        records = read_records(path)
+        if not curves.series(records, config['x']):
+            hint = ' (no record has "tokens": an older train.py wrote it; use --x=iter)' if config['x'] == 'tokens' else ''
+            raise ValueError(f"{path} has nothing to draw against --x={config['x']}{hint}")
+        runs.append((os.path.normpath(folder), records))
+    curves.draw(runs, config['out'], config['x'])
+    print(f"wrote {config['out']}: {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}")
+
+
+if __name__ == '__main__':
+    cli(main)
