@@ -1,6 +1,7 @@
 """Tests run offline on CPU: the shared offline assets (../shared) stand in for downloads when they exist;
 a test that needs one that is missing (a user's machine has no ../shared) is skipped with the reason."""
 import os
+import pickle
 import random
 import sys
 
@@ -45,3 +46,19 @@ def make_text(n_chars, seed=0):
         lines.append(line)
         size += len(line) + 1
     return '\n'.join(lines)[:n_chars]
+
+
+def write_char_dataset(path, n_chars=20_000, val_chars=2_000):
+    """A small character-level dataset of make_text as corpus.py writes it (meta.pkl with its token counts)."""
+    import numpy as np
+    text = make_text(n_chars)
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    os.makedirs(path, exist_ok=True)
+    ids[:-val_chars].tofile(os.path.join(path, 'train.bin'))
+    ids[-val_chars:].tofile(os.path.join(path, 'val.bin'))
+    meta = {'vocab_size': len(chars), 'dtype': 'uint16', 'tokenizer': 'char', 'train_tokens': n_chars - val_chars,
+            'val_tokens': val_chars, 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
+    with open(os.path.join(path, 'meta.pkl'), 'wb') as f:
+        pickle.dump(meta, f)
+    return str(path)

@@ -2,18 +2,16 @@
 evaluation and at the end (and trains on when it cannot), and plot.py overlays runs or fails in one line."""
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 import curves
 import train
-from conftest import ROOT, make_text
+from conftest import ROOT, write_char_dataset
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--gradient_accumulation_steps=2', '--eval_iters=2', '--warmup_iters=2',
@@ -23,18 +21,7 @@ TOKENS_PER_ITER = 2 * 2 * 16  # gradient_accumulation_steps x batch_size x block
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    """A small character-level dataset as corpus.py writes it."""
-    path = tmp_path_factory.mktemp('data')
-    text = make_text(20_000)
-    chars = sorted(set(text))
-    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
-    ids[:18_000].tofile(path / 'train.bin')
-    ids[18_000:].tofile(path / 'val.bin')
-    meta = {'vocab_size': len(chars), 'dtype': 'uint16', 'tokenizer': 'char', 'train_tokens': 18_000,
-            'val_tokens': 2_000, 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
-    with open(path / 'meta.pkl', 'wb') as f:
-        pickle.dump(meta, f)
-    return str(path)
+    return write_char_dataset(tmp_path_factory.mktemp('data'))
 
 
 def train_process(data_dir, out_dir, *argv):

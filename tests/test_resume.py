@@ -3,19 +3,17 @@ random moments, under torchrun, into folders that hold other runs."""
 import glob
 import json
 import os
-import pickle
 import random
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT, make_text
+from conftest import ROOT, write_char_dataset
 
 TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--eval_iters=4', '--log_interval=1', '--dropout=0.1', '--learning_rate=1e-3',
@@ -24,19 +22,7 @@ TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_emb
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """A small character-level dataset as corpus.py writes it."""
-    text = make_text(20_000)
-    path = tmp_path / 'data'
-    os.makedirs(path)
-    chars = sorted(set(text))
-    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
-    ids[:18_000].tofile(path / 'train.bin')
-    ids[18_000:].tofile(path / 'val.bin')
-    meta = {'vocab_size': len(chars), 'dtype': 'uint16', 'tokenizer': 'char', 'train_tokens': 18_000,
-            'val_tokens': 2_000, 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
-    with open(path / 'meta.pkl', 'wb') as f:
-        pickle.dump(meta, f)
-    return str(path)
+    return write_char_dataset(tmp_path / 'data')
 
 
 def command(*argv, procs=1):
