@@ -31,7 +31,7 @@ import dataset
 import machine
 from configurator import cli, configure
 from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
-from training import train_step
+from training import tokens_per_iter, train_step
 
 BENCH_DEFAULTS = dict(
     steps=None,  # timed training steps; median and spread over them
@@ -251,21 +251,21 @@ def measure_training(model, step, m, cfg):
     peak_flops, peak_source = peak(cfg, m)
     seconds = time_training(step, m, cfg)
     T, accum = cfg['block_size'], cfg['gradient_accumulation_steps']
-    tokens_per_iter = accum * cfg['batch_size'] * T
+    tokens = tokens_per_iter(cfg)
     dt = statistics.median(seconds)
     flops_per_token = model.flops_per_token(T)
     r = {
-        'steps': cfg['steps'], 'warmup': cfg['warmup'], 'tokens_per_iter': tokens_per_iter,
+        'steps': cfg['steps'], 'warmup': cfg['warmup'], 'tokens_per_iter': tokens,
         'ms_per_iter': {k: v * 1000 for k, v in spread(seconds).items()},
-        'tokens_per_s': tokens_per_iter / dt,
+        'tokens_per_s': tokens / dt,
         'flops_per_token': flops_per_token,
-        'tflops': flops_per_token * tokens_per_iter / dt / 1e12,
+        'tflops': flops_per_token * tokens / dt / 1e12,
         'mfu': model.estimate_mfu(accum * cfg['batch_size'], dt, peak_flops, T) if peak_flops else None,
         'peak_tflops': peak_flops / 1e12 if peak_flops else None, 'peak_source': peak_source,
     }
     ms = r['ms_per_iter']
     mfu = f"MFU {r['mfu'] * 100:.1f}% of {r['peak_tflops']:.3g} TFLOP/s" if peak_flops else 'MFU -'
-    report(f"train: {cfg['steps']} steps of {tokens_per_iter:,} tokens (gradient_accumulation_steps {accum} x "
+    report(f"train: {cfg['steps']} steps of {tokens:,} tokens (gradient_accumulation_steps {accum} x "
            f"batch_size {cfg['batch_size']} x block_size {T}), after {cfg['warmup']} warm-up steps\n"
            f"  {ms['median']:.1f} ms/iter median ({ms['min']:.1f}-{ms['max']:.1f}), {r['tokens_per_s']:,.0f} tokens/s, "
            f"{r['tflops']:.3g} TFLOP/s ({flops_per_token / 1e6:,.0f} MFLOP per token), {mfu} ({peak_source})", cfg)

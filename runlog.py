@@ -14,6 +14,7 @@ import os
 
 import machine
 from atomic import atomic_path
+from training import tokens_per_iter
 
 
 class Log:
@@ -35,7 +36,7 @@ class Log:
             f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
         self.file = open(path, 'a')
         # tokens are counted on from the checkpoint's count, since a resumed run may take another batch size
-        self.tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
+        self.tokens_per_iter = tokens_per_iter(cfg)
         self.tokens_start = next((r['tokens'] for r in kept if r['iter'] == iter_num and 'tokens' in r),
                                  iter_num * self.tokens_per_iter)
         self.plot = os.path.join(cfg['out_dir'], 'loss.png')

@@ -27,7 +27,7 @@ import machine
 from configurator import cli, configure
 from model import GPTConfig
 from runlog import Log, format_seconds
-from training import estimate_loss, get_lr, train_step
+from training import estimate_loss, get_lr, tokens_per_iter, train_step
 
 # default config values: GPT-2 (124M) on OpenWebText, as nanoGPT
 DEFAULTS = dict(
@@ -167,10 +167,6 @@ def load_hellaswag(cfg, meta, m):
     if not m.master:
         examples = hellaswag.load_examples(cfg['hellaswag_data'] or None)
     return tokenizer, examples
-
-
-def tokens_per_iter(cfg):
-    return cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
 
 
 def restore(ckpt, optimizer, scaler, cfg, m):

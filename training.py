@@ -22,6 +22,11 @@ def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=Tru
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def tokens_per_iter(cfg):
+    """Tokens per optimizer step, summed over all processes."""
+    return cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
+
+
 def train_step(model, optimizer, scaler, batches, m, iter_num, grad_accum, grad_clip):
     """One optimizer step: grad_accum micro-steps of forward and backward on this process (the GradScaler does
     nothing unless float16), clip, step, zero_grad. The micro-steps are numbered over all processes, so that
