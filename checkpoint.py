@@ -11,13 +11,21 @@ field (but dropout) is an error, and block_size may only shrink (the model is cr
 """
 
 import os
+import pickle
 import random
+import re
+import shutil
 from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
+import parallel
 from atomic import atomic_path
 from model import GPT, GPTConfig
 
@@ -32,28 +40,59 @@ PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 # the model a run starts from
 
 
-def init_model(cfg, given, meta):
-    """(model, checkpoint or None) for cfg['init_from']: 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2*' or a
-    Hugging Face GPT-2 folder. `given` is the set of keys the user set (configurator.configure)."""
+def init_model(cfg, given, meta, m=None):
+    """(model, checkpoint or None) for cfg['init_from']: 'scratch', 'resume' (out_dir's checkpoint), 'gpt2*' or a
+    Hugging Face GPT-2 folder. `given` is the set of keys the user set (configurator.configure). With
+    cfg['parallel'] == 'fsdp' the model comes back sharded over the processes of the Machine `m`: built on the
+    meta device and filled shard by shard (parallel.sharded), never whole on any process but rank 0 while it
+    reads pretrained weights."""
     init_from = cfg['init_from']
+    fsdp = cfg.get('parallel') == 'fsdp'
     if init_from == 'scratch':
-        return GPT(model_config(cfg, given, meta)), None
+        config = model_config(cfg, given, meta)
+        return (parallel.sharded(config, m, cfg['cpu_offload']) if fsdp else GPT(config)), None
     if init_from == 'resume':
-        path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+        path = find(cfg['out_dir'])
         ckpt = load(path)
         config = model_config(cfg, given, meta, ckpt['model_args'], 'the checkpoint')
+        if 'sharded' in ckpt and config.block_size < ckpt['model_args']['block_size']:
+            raise ValueError(f'block_size={config.block_size} would crop the model of the sharded checkpoint {path}: '
+                             'a sharded checkpoint resumes at its own block_size; drop --block_size')
+        if fsdp:
+            model = parallel.sharded(config, m, cfg['cpu_offload'], empty='sharded' in ckpt,
+                                     state_dict=None if 'sharded' in ckpt else cropped(ckpt['model'], config))
+            if 'sharded' in ckpt:
+                load_sharded_model(ckpt, model)
+            return model, ckpt
         model = model_from(ckpt, dropout=cfg['dropout'], source=path)
     elif init_from in PRETRAINED or os.path.isdir(init_from):
         import hf
         ckpt = None
+        if fsdp and not m.master:  # rank 0 reads the weights and sends each process its shard
+            dist.barrier()  # rank 0 downloads first; the others read the files from the cache
+            config = model_config(cfg, given, meta, model_args(hf.read_gpt2_config(hf.hf_gpt2_files(init_from)[0])),
+                                  init_from)
+            return parallel.sharded(config, m, cfg['cpu_offload'], from_rank0=True), None
         model = hf.load_gpt2(init_from, dropout=cfg['dropout'])
         config = model_config(cfg, given, meta, model_args(model.config), init_from)
+        if fsdp:
+            dist.barrier()
+            return parallel.sharded(config, m, cfg['cpu_offload'], from_rank0=True,
+                                    state_dict=cropped(model.state_dict(), config)), None
     else:
         raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(PRETRAINED)}, "
                          'or a folder holding a Hugging Face GPT-2 checkpoint')
     if config.block_size < model.config.block_size:
         model.crop_block_size(config.block_size)
     return model, ckpt
+
+
+def cropped(state_dict, config):
+    """A full state dict with its learned position table cut to config.block_size (GPT.crop_block_size's cut)."""
+    if 'transformer.wpe.weight' in state_dict:
+        state_dict = dict(state_dict)
+        state_dict['transformer.wpe.weight'] = state_dict['transformer.wpe.weight'][:config.block_size]
+    return state_dict
 
 
 def model_config(cfg, given, meta, source_args=None, source=''):
@@ -108,29 +147,130 @@ def model_args(config, full=False):
 # save and load
 
 
+CKPT, SHARDED, TRAIN_STATE = 'ckpt.pt', 'ckpt.dcp', 'train_state.pt'
+
+
+def latest(out_dir):
+    """out_dir's checkpoint: out_dir/ckpt.pt (one file: DDP or one process) or out_dir/ckpt.dcp (a folder of shards:
+    FSDP), None if neither. Both exist only when a save in one format was killed before it removed the older
+    checkpoint of the other: the later iteration wins."""
+    found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, SHARDED)) if os.path.exists(p)]
+    if len(found) == 2:
+        return max(found, key=lambda path: load(path)['iter_num'])
+    return found[0] if found else None
+
+
+def find(out_dir):
+    """latest(out_dir), or a FileNotFoundError that says how to make one."""
+    path = latest(out_dir)
+    if path is None:
+        raise FileNotFoundError(f'no checkpoint at {os.path.join(out_dir, CKPT)} (nor the shards of an FSDP run, '
+                                'ckpt.dcp): train one with `python train.py ...`, or check --out_dir')
+    return path
+
+
 def save(checkpoint, path):
     """Write the checkpoint whole or not at all: a full disk or a kill leaves the previous one in place."""
     try:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
     except OSError as e:
-        raise OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; '
-                      'free some disk space (or choose another --out_dir) and resume with --init_from=resume') from None
+        raise disk_error(path, e) from None
+
+
+def disk_error(path, e):
+    return OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; free '
+                   'some disk space (or choose another --out_dir) and resume with --init_from=resume')
+
+
+def save_sharded(model, optimizer, state, out_dir, m):
+    """Save an FSDP run as out_dir/ckpt.dcp/iter_N/, whole or not at all (every process takes part): each process
+    writes its shards of the model and the optimizer state (torch.distributed.checkpoint), rank 0 the rest
+    (`state`: model_args, iteration, RNG states, ...) to train_state.pt; then rank 0 points ckpt.dcp/latest at
+    it with one atomic write and removes the previous checkpoint (and a ckpt.pt this run resumed from). Killed
+    at any moment, `latest` names a complete checkpoint."""
+    root = os.path.join(out_dir, SHARDED)
+    name = f"iter_{state['iter_num']:07d}"
+    path = os.path.join(root, name)
+    if m.master:
+        os.makedirs(root, exist_ok=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path)  # left by a save that was killed before it was complete
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    try:
+        dcp.save({'model': model_state, 'optimizer': optimizer_state['state']}, checkpoint_id=path)
+        if m.master:
+            save(dict(state, optimizer_groups=optimizer_state['param_groups']), os.path.join(path, TRAIN_STATE))
+            with atomic_path(os.path.join(root, 'latest')) as tmp, open(tmp, 'w') as f:
+                f.write(name + '\n')
+    except OSError as e:
+        raise disk_error(root, e) from None
+    if m.master:
+        for other in os.listdir(root):
+            if other.startswith('iter_') and other != name:
+                shutil.rmtree(os.path.join(root, other))
+        if os.path.exists(os.path.join(out_dir, CKPT)):
+            os.remove(os.path.join(out_dir, CKPT))  # the older checkpoint this run started from
+    dist.barrier()
+
+
+def remove_sharded(out_dir):
+    """Remove out_dir/ckpt.dcp once a newer ckpt.pt is complete (a run that changed from FSDP to DDP)."""
+    if os.path.isdir(os.path.join(out_dir, SHARDED)):
+        shutil.rmtree(os.path.join(out_dir, SHARDED))
 
 
 def load(path, map_location='cpu'):
-    """A checkpoint of this project or of nanoGPT, loaded safely (weights_only: it cannot run code) and checked:
-    a ValueError says what is wrong with a file that is damaged or was not written by train.py."""
+    """A checkpoint of this project or of nanoGPT, loaded safely (nothing in it can run code) and checked: a
+    ValueError says what is wrong with a file that is damaged or was not written by train.py. `path` is a ckpt.pt
+    or a ckpt.dcp folder; of the latter only train_state.pt is read, with 'sharded' set to the folder of the
+    shards (load_sharded_model and load_optimizer read them)."""
+    if os.path.isdir(path):
+        return load_train_state(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no checkpoint at {path}: train one with `python train.py ...` '
                                 f'(it writes out_dir/ckpt.pt), or check --out_dir')
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:
         reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
         raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}); it may be from an interrupted '
                          'copy: restore it, or start again with --init_from=scratch') from None
-    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ('model', 'model_args')):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
+    check_model_args(ckpt, path)
+    ckpt['model'] = clean_state_dict(ckpt['model'])
+    return ckpt
+
+
+def load_train_state(root):
+    """A sharded checkpoint's train_state.pt (everything but the tensors of the model and the optimizer)."""
+    try:
+        with open(os.path.join(root, 'latest')) as f:
+            name = f.read().strip()
+    except OSError:
+        raise ValueError(f'{root} has no readable `latest` file: its first save was interrupted, or it was copied '
+                         'incompletely; restore it, or start again with --init_from=scratch') from None
+    path = os.path.join(root, name)
+    if not re.fullmatch(r'iter_\d+', name) or not os.path.isfile(os.path.join(path, '.metadata')):
+        raise ValueError(f'{root}/latest names {name!r}, which is not a complete checkpoint in {root}: '
+                         'restore the folder, or start again with --init_from=scratch')
+    try:
+        ckpt = torch.load(os.path.join(path, TRAIN_STATE), map_location='cpu', weights_only=True)
+    except Exception as e:
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+        raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}): restore it, or start again '
+                         'with --init_from=scratch') from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{path}/{TRAIN_STATE} was not written by train.py')
+    check_model_args(ckpt, path)
+    ckpt['sharded'] = path
+    return ckpt
+
+
+def check_model_args(ckpt, path):
+    if not isinstance(ckpt.get('model_args'), dict):
         raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
     unknown = sorted(set(ckpt['model_args']) - set(MODEL_KEYS))
     if unknown:
@@ -140,8 +280,76 @@ def load(path, map_location='cpu'):
         GPTConfig(**ckpt['model_args'])
     except (TypeError, ValueError) as e:
         raise ValueError(f'checkpoint {path} has invalid model_args: {e}') from None
-    ckpt['model'] = clean_state_dict(ckpt['model'])
-    return ckpt
+
+
+class ShardReader(dcp.FileSystemReader):
+    """torch.distributed.checkpoint's reader, but its index (.metadata, a pickle) is read by an unpickler that
+    builds only the index's own classes: a planted .metadata cannot run code. Checkpoints with pickled
+    (non-tensor) values are refused: DCP would unpickle them without restriction; train.py writes none."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = os.path.join(self.path, '.metadata')
+        try:
+            with open(path, 'rb') as f:
+                metadata = IndexUnpickler(f).load()
+        except Exception as e:
+            reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+            raise ValueError(f'{path} is not the index of a checkpoint train.py wrote ({reason})') from None
+        if any(isinstance(item, BytesStorageMetadata) for item in metadata.state_dict_metadata.values()):
+            raise ValueError(f'{path} lists pickled values: not a checkpoint train.py wrote')
+        metadata.storage_meta = metadata.storage_meta or StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class IndexUnpickler(pickle.Unpickler):
+    """Unpickles the classes of a DCP index and nothing else."""
+    ALLOWED = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
+               ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('collections', 'OrderedDict'),
+               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or module == 'torch.distributed.checkpoint.metadata' or (
+                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'{module}.{name} is not part of a checkpoint index')
+
+
+def load_sharded_model(ckpt, model):
+    """Read a sharded checkpoint's weights into `model`, sharded or whole, on any number of processes (or one
+    without torchrun): torch.distributed.checkpoint reads each process's part of every tensor, whatever parts
+    the saving processes held."""
+    state = get_model_state_dict(model)
+    try:
+        dcp.load({'model': state}, storage_reader=ShardReader(ckpt['sharded']))
+    except dcp.api.CheckpointException as e:
+        reason = ' '.join(str(e).split())[:300]
+        raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged ({reason}): "
+                         'restore the folder, or start again with --init_from=scratch') from None
+    set_model_state_dict(model, state)
+
+
+def load_optimizer(ckpt, model, optimizer):
+    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
+    if 'sharded' in ckpt:
+        _, state = get_state_dict(model, optimizer)  # fills a fresh optimizer's state, to be overwritten
+        dcp.load({'optimizer': state['state']}, storage_reader=ShardReader(ckpt['sharded']))
+        set_optimizer_state_dict(model, optimizer, {'state': state['state'], 'param_groups': ckpt['optimizer_groups']})
+    elif parallel.is_sharded(model):
+        set_optimizer_state_dict(model, optimizer, keyed_by_name(ckpt['optimizer'], model, optimizer),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(ckpt['optimizer'])
+
+
+def keyed_by_name(optimizer_state, model, optimizer):
+    """torch's optimizer state dict, whose parameters are numbers (their order in the param groups), with the
+    parameters' names instead, as torch.distributed.checkpoint's state dict functions take it. The numbers are
+    those of `optimizer`: train.py builds its param groups the same way on every run."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+    return {'state': {order[i]: s for i, s in optimizer_state['state'].items()},
+            'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in optimizer_state['param_groups']]}
 
 
 def clean_state_dict(state_dict):
@@ -158,6 +366,9 @@ def model_from(ckpt, dropout=None, source='the checkpoint'):
     if dropout is not None:
         args['dropout'] = dropout
     model = GPT(GPTConfig(**args))
+    if 'sharded' in ckpt:
+        load_sharded_model(ckpt, model)
+        return model
     expected, weights = model.state_dict(), ckpt['model']
     problems = {
         'missing': sorted(set(expected) - set(weights)),
@@ -214,11 +425,11 @@ def all_rng_states(world_size):
 
 
 def load_for_sampling(init_from, out_dir, data_dir=''):
-    """(model, tokenizer) for init_from: 'resume' (out_dir/ckpt.pt; the tokenizer of data_dir, else of the data
+    """(model, tokenizer) for init_from: 'resume' (out_dir's ckpt.pt or ckpt.dcp; the tokenizer of data_dir, else of the data
     it was trained on), 'gpt2*' or a Hugging Face GPT-2 folder (GPT-2's BPE, unless data_dir says otherwise)."""
     import dataset
     if init_from == 'resume':
-        path = os.path.join(out_dir, 'ckpt.pt')
+        path = find(out_dir)
         ckpt = load(path)
         model = model_from(ckpt, source=path)
         train_cfg = ckpt.get('config') or {}

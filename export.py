@@ -19,7 +19,7 @@ from configurator import cli, configure
 from hf import GPT2_EOS, export_hf
 
 DEFAULTS = dict(
-    out_dir='out',  # the training run to export: out_dir/ckpt.pt
+    out_dir='out',  # the training run to export: out_dir/ckpt.pt (or the shards in out_dir/ckpt.dcp)
     to='',  # the folder to write the Hugging Face model to
     force=False,  # replace a config.json / model.safetensors already in `to`
 )
@@ -30,7 +30,7 @@ def main():
     if not config['to']:
         raise ValueError('say where to write the Hugging Face folder: --to=FOLDER, '
                          'e.g. python export.py --out_dir=out --to=hf/')
-    path = os.path.join(config['out_dir'], 'ckpt.pt')
+    path = checkpoint.find(config['out_dir'])
     model = checkpoint.model_from(checkpoint.load(path), source=path)
     layout = export_hf(model, config['to'], config['force'])
     arch = {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM'}[layout]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import parallel
 from atomic import atomic_path
 
 DATA_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
@@ -136,10 +137,15 @@ def score(model, tokenizer, examples, m, rank=0, world_size=1, progress=False):
     was_training = model.training
     model.eval()
     n = n_correct = n_correct_norm = 0
-    for example in tqdm(examples[rank::world_size], desc='hellaswag', disable=not progress, unit='example'):
+    # FSDP's processes gather parameters together, so each must run as many forwards: some run a spare one
+    forwards = -(-len(examples) // world_size) * world_size if parallel.is_sharded(model) else len(examples)
+    for k in tqdm(range(rank, forwards, world_size), desc='hellaswag', disable=not progress, unit='example'):
+        example = examples[min(k, len(examples) - 1)]
         tokens, mask = render(example, tokenizer, model.config.block_size)
         with m.autocast():
             summed, mean = ending_losses(model, tokens.to(m.device), mask.to(m.device))
+        if k >= len(examples):
+            continue
         n += 1
         n_correct += int(summed.argmin().item() == example['label'])
         n_correct_norm += int(mean.argmin().item() == example['label'])

@@ -31,8 +31,7 @@ def load_gpt2(name_or_path, dropout=0.0):
     model.safetensors, sharded safetensors or pytorch_model.bin), as a GPT with the checkpoint's architecture
     and the given dropout."""
     config_file, weight_files = hf_gpt2_files(name_or_path)
-    with open(config_file) as f:
-        config = GPTConfig(**gpt2_args_from_hf(json.load(f), config_file), dropout=dropout)
+    config = read_gpt2_config(config_file, dropout)
     model = GPT(config)
     hf_sd = {}
     for path in weight_files:
@@ -68,6 +67,12 @@ def load_gpt2(name_or_path, dropout=0.0):
         for k, v in loaded.items():
             sd[k].copy_(v)  # a tied wte fills lm_head too; fp16/bf16 files are upcast to the model's fp32
     return model
+
+
+def read_gpt2_config(config_file, dropout=0.0):
+    """The GPTConfig of a Hugging Face GPT-2 config.json, with the given dropout."""
+    with open(config_file) as f:
+        return GPTConfig(**gpt2_args_from_hf(json.load(f), config_file), dropout=dropout)
 
 
 def hf_gpt2_files(name_or_path):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 NORMS = ('layernorm', 'rmsnorm')
 POS_EMBS = ('learned', 'rope')
@@ -122,11 +123,21 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size, block_size, theta):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
-        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        self.theta = theta
+        self.register_buffer('cos', torch.empty(block_size, head_size), persistent=False)  # (T, hs)
+        self.register_buffer('sin', torch.empty(block_size, head_size), persistent=False)  # (T, hs)
+        self.reset_tables()
+
+    def reset_tables(self):
+        """Fill the cos/sin tables (computed on the CPU, so that every device gets the same values)."""
+        T, hs = self.cos.shape
+        if self.cos.is_meta:
+            return  # built without memory (parallel.py): filled once the tables exist
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+        angles = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)  # (T, hs/2)
         # both halves turn by the same angles; the first half's sine is negated so that the rotation is one addcmul
-        self.register_buffer('cos', torch.cat((angles.cos(), angles.cos()), dim=-1), persistent=False)  # (T, hs)
-        self.register_buffer('sin', torch.cat((-angles.sin(), angles.sin()), dim=-1), persistent=False)  # (T, hs)
+        self.cos.copy_(torch.cat((angles.cos(), angles.cos()), dim=-1))
+        self.sin.copy_(torch.cat((-angles.sin(), angles.sin()), dim=-1))
 
     def forward(self, x, start):
         # x: (B, nh, T, hs); positions start..start+T-1. (x1 cos - x2 sin, x2 cos + x1 sin) in 3 operations, not 7:
@@ -166,7 +177,6 @@ class CausalSelfAttention(nn.Module):
         # query, key and value projections in one matmul; with grouped-query attention k and v are narrower
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.RESIDUAL_PROJ = True
         self.rotary = rotary  # shared by all layers; None for learned positions
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -203,7 +213,6 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.c_proj.RESIDUAL_PROJ = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -217,7 +226,6 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 2 * config.d_ff, bias=config.bias)
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.c_proj.RESIDUAL_PROJ = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -248,34 +256,49 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise ValueError(f'GPT needs a GPTConfig, got {type(config).__name__}')
         self.config = config
-        rotary = Rotary(config.head_size, config.block_size, config.rope_theta) if config.pos_emb == 'rope' else None
-        Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i, rotary) for i in range(config.n_layer)]),
-            ln_f=Norm(config.n_embd, bias=config.bias),
-        ))
-        self.rotary = rotary  # registered once here; the blocks hold references to the same module
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
+        device = torch.get_default_device()
+        with torch.device('meta'):  # no memory and no random draws yet: init_weights below sets every value
+            rotary = Rotary(config.head_size, config.block_size, config.rope_theta) if config.pos_emb == 'rope' else None
+            Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i, rotary) for i in range(config.n_layer)]),
+                ln_f=Norm(config.n_embd, bias=config.bias),
+            ))
+            self.rotary = rotary  # registered once here; the blocks hold references to the same module
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.to_empty(device=device)
         if config.tie_embeddings:
             # the output layer shares the token embedding matrix (https://paperswithcode.com/method/weight-tying)
             self.transformer.wte.weight = self.lm_head.weight
-        self.apply(self._init_weights)
+        self.init_weights()
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, 'RESIDUAL_PROJ', False):
-                # GPT-2 scales the init of each residual-stream projection by 1/sqrt(2 * n_layer):
-                # two additions per block, so the residual stream's variance stays bounded with depth
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def init_weights(self):
+        """GPT-2's initialization, drawn from the global generator one whole parameter after another in a fixed
+        order (named_parameters), so that parallel.py, which gives each process a shard of every parameter,
+        starts from the same weights as one process for the same seed; and the rotary tables."""
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                self.init_parameter(name, param)
+        if self.rotary is not None:
+            self.rotary.reset_tables()
+
+    def init_parameter(self, name, tensor):
+        """Set `tensor` to the initial value of parameter `name`: N(0, 0.02) for matrices and embeddings, norm
+        gains 1, biases 0. GPT-2 scales each residual-stream projection (c_proj) by 1/sqrt(2 * n_layer): two
+        additions per block, so the residual stream's variance stays bounded with depth."""
+        if tensor.is_meta:
+            return
+        if name.endswith('bias'):
+            torch.nn.init.zeros_(tensor)
+        elif tensor.dim() == 1:  # norm gains
+            torch.nn.init.ones_(tensor)
+        else:
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith('c_proj.weight') else 0.02
+            torch.nn.init.normal_(tensor, mean=0.0, std=std)
 
     def get_num_params(self, non_embedding=True):
         """Number of parameters (a tied matrix counts once). With non_embedding the position table is
@@ -300,7 +323,10 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)  # keeps only x; the block runs again in backward
+            else:
+                x = block(x, kv_cache)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T

@@ -6,6 +6,7 @@ are exact and a 7B config costs nothing.
     python sizing.py config/train_gpt2.py
     python sizing.py --init_from=gpt2-xl --batch_size=1 --device_memory=24GiB
     python sizing.py --init_from=llama2_7b --json
+    python sizing.py config/finetune_shakespeare.py --gpus=2 --device_memory=24GB   # DDP or FSDP?
 
 It reads the same config files and --key=value overrides as train.py, and takes the model from
 init_from as train.py does (checkpoint.model_config): resume (out_dir/ckpt.pt), gpt2, gpt2-medium,
@@ -16,6 +17,8 @@ config/model_NAME.py) is read before the command line, which may change any of i
   --device_memory=80GB   memory to fit in: GB/MB are 10^9/10^6 bytes, GiB/MiB 2^30/2^20;
                          default: the visible GPU's, else this machine's RAM
   --mfu=0.4              model FLOPs utilization assumed for the time estimates
+  --gpus=1               GPUs to train on: the plan gives the memory per GPU of DDP, FSDP, activation
+                         checkpointing and CPU offload, and the command of the fastest that fits
 and train.py's --peak_flops, this machine's peak FLOP/s: 0 looks up the GPU or measures the CPU (a GPU
 missing from machine.GPU_PEAK_FLOPS gets no time estimate).
 The exit code is 1 when the checklist has an error.
@@ -37,7 +40,7 @@ from configurator import cli, configure, read_config_file
 from model import GPT
 from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
 
-DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4)  # peak_flops is train.py's key
+DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4, gpus=1)  # peak_flops is train.py's key
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config')
 REFERENCE_GPUS = ('A100', 'H100', 'H200')
 INVALID_MODEL = 'invalid GPTConfig: '  # how GPTConfig's ValueError begins; every problem follows, joined by '; '
@@ -67,7 +70,7 @@ def resolve_config(argv):
     init_from = config['init_from']
     source_args, source = None, ''  # the architecture of a checkpoint or a pretrained model
     if init_from == 'resume':
-        source_args, source = checkpoint.load(os.path.join(config['out_dir'], 'ckpt.pt'))['model_args'], 'the checkpoint'
+        source_args, source = checkpoint.load(checkpoint.find(config['out_dir']))['model_args'], 'the checkpoint'
     elif init_from in checkpoint.PRETRAINED:  # the presets hold what train.py reads from their Hugging Face config.json
         source_args, source = read_config_file(preset_path(init_from), {}), init_from
     elif os.path.isdir(init_from):
@@ -273,6 +276,74 @@ def memory_report(c, n_params, batch_size, device_memory):
     }
 
 
+# the ways to train on `gpus` GPUs, fastest first: (name, train.py's options, activations kept, state sharded,
+# state in host memory). Activation checkpointing costs a third more compute; FSDP's gathers cost less than that
+# on one node; CPU offload moves the optimizer step and every shard over PCIe at each step: the slowest.
+PARALLEL_VARIANTS = [
+    ('DDP', '', 'mixed', False, False),
+    ('FSDP', '--parallel=fsdp', 'mixed', True, False),
+    ('DDP + activation checkpointing', '--activation_checkpointing=True', 'mixed_recompute', False, False),
+    ('FSDP + activation checkpointing', '--parallel=fsdp --activation_checkpointing=True', 'mixed_recompute', True,
+     False),
+    ('FSDP + CPU offload + activation checkpointing',
+     '--parallel=fsdp --cpu_offload=True --activation_checkpointing=True', 'mixed_recompute', True, True),
+]
+
+
+def parallel_plan(report, config, gpus, device_memory):
+    """Memory per GPU of each PARALLEL_VARIANTS entry, in bf16 mixed precision, for config's batch on `gpus`
+    GPUs, and the fastest that fits. Per GPU, with P parameters (Pr outside the blocks, Pb in one block):
+      DDP    16·P (fp32 weights, gradients, AdamW's two moments) + 2·P (autocast's bf16 weight copies),
+             + 4·P on more than one GPU (DDP reduces the gradients from buckets of their own), + activations
+      FSDP   16·P / gpus (the same state, sharded) + 2·(Pr + 2·Pb) (the bf16 parameters gathered: the root unit,
+             the block computing and the next, prefetched) + 4·Pb (one block's fp32 gradients before they are
+             reduce-scattered), + 4·P when a process runs several micro-steps per step (FSDP accumulates their
+             gradients unsharded in fp32 until the last one syncs), + activations
+      CPU offload keeps the 16·P / gpus in host memory instead."""
+    n_params = report['parameters']['total']
+    blocks, layers = report['parameters']['blocks'], report['model']['n_layer']
+    per_block, root = blocks // layers, n_params - blocks
+    micro_steps = config['gradient_accumulation_steps'] // gpus
+    accumulated = 4 * n_params if micro_steps > 1 else 0
+    gathered = 2 * (root + 2 * per_block) + 4 * per_block
+    activations = report['memory']['activations']
+    rows = []
+    for name, options, kept, is_sharded, offload in PARALLEL_VARIANTS:
+        if is_sharded and gpus == 1 and not offload:
+            continue  # FSDP on one GPU shards nothing
+        state = 16 * n_params / gpus if is_sharded else 18 * n_params + (4 * n_params if gpus > 1 else 0)
+        host = state if offload else 0
+        total = (0 if offload else state) + (gathered + accumulated if is_sharded else 0) + activations[kept]
+        rows.append({'variant': name, 'options': options, 'state': state, 'host_per_process': host,
+                     'activations': activations[kept], 'total': total, 'fits': total <= device_memory})
+    best = next((row for row in rows if row['fits']), None)
+    problem = None
+    if config['gradient_accumulation_steps'] % gpus:
+        problem = (f"gradient_accumulation_steps={config['gradient_accumulation_steps']} is not a multiple of "
+                   f'{gpus} GPUs: train.py refuses it')
+    command = None
+    if best:
+        launch = 'python' if gpus == 1 and 'fsdp' not in best['options'] else \
+            f'torchrun --standalone --nproc_per_node={gpus}'
+        command = ' '.join(x for x in [launch, 'train.py', *config_args(), best['options']] if x)
+    return {'gpus': gpus, 'micro_steps_per_gpu': micro_steps, 'rows': rows, 'best': best and best['variant'],
+            'command': command, 'problem': problem}
+
+
+def config_args(argv=None):
+    """The config files and train.py keys of sizing's command line: what the plan's command repeats, with a
+    preset only sizing knows (--init_from=llama2_7b) as the config file train.py reads (config/model_llama2_7b.py)."""
+    own = ('--json', '--device_memory', '--mfu', '--gpus')
+    out = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, _, value = arg.partition('=')
+        if key == '--init_from' and os.path.isfile(preset_path(value)) and value not in checkpoint.PRETRAINED:
+            arg = os.path.relpath(preset_path(value))
+        if not arg.startswith(own):
+            out.append(arg)
+    return out
+
+
 def parse_memory(text):
     """'80GB' -> 80·10^9 bytes, '24GiB' -> 24·2^30 bytes."""
     units = {'B': 1, 'KB': 10 ** 3, 'MB': 10 ** 6, 'GB': 10 ** 9, 'TB': 10 ** 12,
@@ -415,8 +486,10 @@ def sizing_report(config, model_config, errors, device_memory, devices, device_m
     memory['device_memory_source'] = device_memory_source
     compute = compute_report(model, config, config['mfu'], devices)
     run = {k: config[k] for k in ('init_from', 'batch_size', 'gradient_accumulation_steps', 'max_iters')}
-    return {'ok': True, 'model': asdict(c), 'run': run, 'parameters': parameters, 'memory': memory, 'compute': compute,
-            'checklist': design_checklist(c, config, memory, compute)}
+    report = {'ok': True, 'model': asdict(c), 'run': run, 'parameters': parameters, 'memory': memory,
+              'compute': compute, 'checklist': design_checklist(c, config, memory, compute)}
+    report['plan'] = parallel_plan(report, config, config['gpus'], device_memory)
+    return report
 
 
 def human(n):
@@ -456,7 +529,7 @@ def above_or_below(percent):
 def format_report(report):
     out = []
     if report['ok']:
-        for section in (format_model, format_parameters, format_memory, format_compute):
+        for section in (format_model, format_parameters, format_memory, format_plan, format_compute):
             out += section(report) + ['']
     out.append('checklist')
     out += [f"  {x['status']:<8} {x['check']:<12} {x['message']}" for x in report['checklist']]
@@ -519,6 +592,25 @@ def format_memory(report):
     return out
 
 
+def format_plan(report):
+    plan, m = report['plan'], report['memory']
+    out = [f"plan: {plan['gpus']} GPU(s) of {human_bytes(m['device_memory'])}, bf16 mixed precision, "
+           f"{plan['micro_steps_per_gpu']} micro-step(s) per GPU and step; memory per GPU, fastest first",
+           f"    {'':<46}{'state':>11}{'activations':>13}{'total':>11}"]
+    for row in plan['rows']:
+        host = f", state in host memory: {human_bytes(row['host_per_process'])} per GPU" if row['host_per_process'] else ''
+        out.append(f"    {row['variant']:<46}{human_bytes(row['state']):>11}{human_bytes(row['activations']):>13}"
+                   f"{human_bytes(row['total']):>11}  {'fits' if row['fits'] else 'does not fit'}{host}")
+    if plan['problem']:
+        out.append(f"  note: {plan['problem']}")
+    if plan['command']:
+        out.append(f"  fastest that fits: {plan['best']}:  {plan['command']}")
+    else:
+        out.append('  nothing fits: more GPUs (--gpus), a smaller batch_size (raise gradient_accumulation_steps) '
+                   'or a smaller model')
+    return out
+
+
 def format_compute(report):
     c, run, f = report['model'], report['run'], report['compute']
     out = [f"compute: forward+backward {human_flops(f['training_per_token'])} per token = 6·N + 12·L·T·d "
@@ -543,6 +635,8 @@ def main(argv=None):
     config, model_config, errors = resolve_config(argv)
     if not 0 < config['mfu'] <= 1:
         raise ValueError(f"mfu={config['mfu']} must be in (0, 1]: 0.4 is a good run on A100/H100")
+    if config['gpus'] < 1:
+        raise ValueError(f"gpus={config['gpus']} must be at least 1")
     if config['peak_flops'] < 0:
         raise ValueError(f"peak_flops={config['peak_flops']} must be positive (FLOP/s, e.g. 989e12), or 0 to measure it")
     if config['device_memory']:

@@ -5,9 +5,11 @@ Train a GPT: from scratch, resuming a run, or finetuning OpenAI's GPT-2. One pro
     python train.py config/train_shakespeare_char.py          # one GPU
     python train.py config/train_shakespeare_char.py --init_from=resume --max_iters=6000
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+    torchrun --standalone --nproc_per_node=8 train.py config/finetune_shakespeare.py --parallel=fsdp
     python train.py --help                                    # every key and its default
 
-Writes out_dir/ckpt.pt (atomically) and out_dir/metrics.jsonl (one JSON object per logged iteration).
+Writes out_dir/ckpt.pt (atomically; under --parallel=fsdp the folder of shards out_dir/ckpt.dcp) and
+out_dir/metrics.jsonl (one JSON object per logged iteration).
 """
 
 import math
@@ -24,6 +26,7 @@ import checkpoint
 import dataset
 import hellaswag
 import machine
+import parallel
 from configurator import cli, configure
 from model import GPTConfig
 from runlog import Log, format_seconds
@@ -69,6 +72,10 @@ DEFAULTS = dict(
     warmup_iters=2000,
     lr_decay_iters=600000,  # ~ max_iters per the Chinchilla paper
     min_lr=6e-5,  # ~ learning_rate / 10 per the Chinchilla paper
+    # how the model is spread over torchrun's processes (parallel.py)
+    parallel='ddp',  # 'ddp': each process holds the whole model; 'fsdp': each holds a shard (FSDP2, needs torchrun)
+    activation_checkpointing=False,  # recompute each block in backward: far less activation memory, ~1/3 more compute
+    cpu_offload=False,  # fsdp: keep parameters, gradients and optimizer state in host memory (slow; fits big models)
     # system: decided once, by machine.setup, from what this machine has
     backend='auto',  # 'nccl' on CUDA, 'gloo' on CPU
     device='auto',  # cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -87,6 +94,7 @@ def main(argv=None):
     check_settings(cfg)
     m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'], cfg['backend'])
     try:
+        parallel.check(cfg['parallel'], cfg['cpu_offload'], m)
         losses = train(cfg, given, m)
     except BaseException as e:
         machine.teardown(finished=False)
@@ -119,31 +127,35 @@ def train(cfg, given, m):
     if cfg['gradient_accumulation_steps'] % m.world_size:
         raise ValueError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} is not divisible by the "
                          f"{m.world_size} processes: make it a multiple of {m.world_size}")
-    torch.manual_seed(cfg['seed'] + m.rank)
+    torch.manual_seed(cfg['seed'])  # the same initial weights on every process (FSDP draws each shard's part)
     data_dir = dataset.ensure_data(cfg['dataset'], cfg['data_dir'], m.master)
     meta = dataset.load_meta(data_dir)
-    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
-    if cfg['init_from'] != 'resume' and not cfg['eval_only'] and not cfg['overwrite'] and os.path.exists(ckpt_path):
-        raise ValueError(f'{ckpt_path} holds a run already: continue it with --init_from=resume, start over in its '
+    existing = checkpoint.latest(cfg['out_dir'])
+    if cfg['init_from'] != 'resume' and not cfg['eval_only'] and not cfg['overwrite'] and existing:
+        raise ValueError(f'{existing} holds a run already: continue it with --init_from=resume, start over in its '
                          'place with --overwrite=True, or choose another --out_dir')
-    model, ckpt = checkpoint.init_model(cfg, given, meta)
+    model, ckpt = checkpoint.init_model(cfg, given, meta, m)
+    model.activation_checkpointing = cfg['activation_checkpointing']
+    if m.rank:
+        torch.manual_seed(cfg['seed'] + m.rank)  # each process its own dropout masks
     # the run's settings, final from here on: the model's real architecture and what the machine decided
     cfg = MappingProxyType(dict(cfg, **checkpoint.model_args(model.config, full=True), data_dir=data_dir,
                                 device=m.device, dtype=m.dtype, compile=m.compile))
     batches = dataset.Batches(data_dir, meta, cfg['block_size'], cfg['batch_size'], m.device, cfg['seed'],
                               cfg['vocab_size'])
-    model.to(m.device)
+    if not parallel.is_sharded(model):
+        model.to(m.device)
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
     optimizer = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
                                            m.device_type)
     iter_num, best_val_loss = 0, 1e9
     if ckpt is not None:
-        iter_num, best_val_loss = restore(ckpt, optimizer, scaler, cfg, m)
+        iter_num, best_val_loss = restore(ckpt, model, optimizer, scaler, cfg, m)
     ckpt = None  # free the memory
     grad_accum = cfg['gradient_accumulation_steps'] // m.world_size
     if m.master:
         print(f"torch {torch.__version__}, device {m.device}, dtype {m.dtype}, compile {m.compile}, "
-              f"world size {m.world_size}, data {data_dir}")
+              f"world size {m.world_size} ({cfg['parallel']}), data {data_dir}")
         print('config: ' + ', '.join(f'{k}={v!r}' for k, v in cfg.items()))
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters; {tokens_per_iter(cfg):,} tokens per iteration "
               f"({grad_accum} micro-steps x {m.world_size} processes x {cfg['batch_size']} x {cfg['block_size']}); "
@@ -169,9 +181,9 @@ def load_hellaswag(cfg, meta, m):
     return tokenizer, examples
 
 
-def restore(ckpt, optimizer, scaler, cfg, m):
+def restore(ckpt, model, optimizer, scaler, cfg, m):
     """Put the optimizer, the GradScaler and every process's random generators back as they were saved."""
-    optimizer.load_state_dict(ckpt['optimizer'])
+    checkpoint.load_optimizer(ckpt, model, optimizer)
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     states = ckpt.get('rng')
@@ -193,7 +205,7 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
             print('compiling the model (takes a minute)...')
         model = torch.compile(model)
     eval_model = model  # compiled, but without DDP: evaluation needs no gradient sync
-    if m.world_size > 1:
+    if m.world_size > 1 and not parallel.is_sharded(model):
         model = DDP(model, device_ids=[m.local_rank] if m.device_type == 'cuda' else None)
     grad_accum = cfg['gradient_accumulation_steps'] // m.world_size
     start_iter, losses_logged = iter_num, []
@@ -241,16 +253,21 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
 
 
 def save(raw_model, optimizer, scaler, cfg, m, iter_num, best_val_loss, val_loss):
-    rng = checkpoint.all_rng_states(m.world_size)  # every process takes part
-    if not m.master:
-        return
-    path = os.path.join(cfg['out_dir'], 'ckpt.pt')
-    checkpoint.save({
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+    """out_dir/ckpt.pt from rank 0, or, under FSDP, out_dir/ckpt.dcp from every process's shards."""
+    state = {
         'model_args': checkpoint.model_args(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-        'config': dict(cfg), 'rng': rng, 'scaler': scaler.state_dict(), 'val_loss': val_loss,
-    }, path)
-    print(f'saved checkpoint to {path}')
+        'config': dict(cfg), 'rng': checkpoint.all_rng_states(m.world_size), 'scaler': scaler.state_dict(),
+        'val_loss': val_loss,
+    }
+    if parallel.is_sharded(raw_model):
+        checkpoint.save_sharded(raw_model, optimizer, state, cfg['out_dir'], m)
+        path = os.path.join(cfg['out_dir'], checkpoint.SHARDED)
+    elif m.master:
+        path = os.path.join(cfg['out_dir'], checkpoint.CKPT)
+        checkpoint.save({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), **state}, path)
+        checkpoint.remove_sharded(cfg['out_dir'])  # the older checkpoint of an FSDP run this one resumed
+    if m.master:
+        print(f'saved checkpoint to {path}')
 
 
 def not_finite(iter_num, cfg, what):

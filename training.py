@@ -8,6 +8,8 @@ import math
 import torch
 import torch.distributed as dist
 
+import parallel
+
 
 def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=True):
     """Linear warmup (never 0, even at step 0), then cosine decay to min_lr at lr_decay_iters."""
@@ -36,8 +38,7 @@ def train_step(model, optimizer, scaler, batches, m, iter_num, grad_accum, grad_
     for micro_step in range(grad_accum):
         x, y = batches.train_batch(iter_num, m.rank * grad_accum + micro_step)
         if m.world_size > 1:
-            # DDP syncs gradients only on the last micro-step (no_sync would be the official way)
-            model.require_backward_grad_sync = micro_step == grad_accum - 1
+            parallel.sync_gradients(model, micro_step == grad_accum - 1)
         with m.autocast():
             _, loss = model(x, y)
             loss = loss / grad_accum  # the gradients add up over the micro-steps: take their mean
@@ -59,13 +60,16 @@ def estimate_loss(model, batches, m, eval_iters):
     model gives the same value, to the last bit, on any number of processes."""
     model.eval()
     out = {}
+    # FSDP's processes gather parameters together, so each must run as many forwards: some run a spare one
+    forwards = -(-eval_iters // m.world_size) * m.world_size if parallel.is_sharded(model) else eval_iters
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters, device=m.device, dtype=torch.float64)
-        for k in range(m.rank, eval_iters, m.world_size):
-            x, y = batches.eval_batch(split, k)
+        for k in range(m.rank, forwards, m.world_size):
+            x, y = batches.eval_batch(split, min(k, eval_iters - 1))
             with m.autocast():
                 _, loss = model(x, y)
-            losses[k] = loss.item()
+            if k < eval_iters:
+                losses[k] = loss.item()
         if m.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
         out[split] = losses.sum().item() / eval_iters

@@ -150,5 +150,5 @@ def test_missing_checkpoint_says_where_and_how(tmp_path):
     result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tmp_path}/none', '--device=cpu'],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert result.stderr.strip() == (f'error: no checkpoint at {tmp_path}/none/ckpt.pt: train one with '
-                                     '`python train.py ...` (it writes out_dir/ckpt.pt), or check --out_dir')
+    assert result.stderr.strip() == (f'error: no checkpoint at {tmp_path}/none/ckpt.pt (nor the shards of an FSDP '
+                                     'run, ckpt.dcp): train one with `python train.py ...`, or check --out_dir')
