@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from dataclasses import fields
 
 import numpy as np
@@ -256,6 +257,7 @@ def load_train_state(root):
     if not re.fullmatch(r'iter_\d+', name) or not os.path.isfile(os.path.join(path, '.metadata')):
         raise ValueError(f'{root}/latest names {name!r}, which is not a complete checkpoint in {root}: '
                          'restore the folder, or start again with --init_from=scratch')
+    ShardReader(path).read_metadata()  # the index is checked before anything else reads it
     try:
         ckpt = torch.load(os.path.join(path, TRAIN_STATE), map_location='cpu', weights_only=True)
     except Exception as e:
@@ -315,17 +317,26 @@ class IndexUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f'{module}.{name} is not part of a checkpoint index')
 
 
+def read_shards(state, ckpt):
+    """Fill the tensors of `state` from the sharded checkpoint, under torchrun or in one plain process."""
+    try:
+        with warnings.catch_warnings():  # one process without torchrun is the intent, not an accident
+            warnings.filterwarnings('ignore', message='torch.distributed is disabled')
+            dcp.load(state, storage_reader=ShardReader(ckpt['sharded']), no_dist=not dist.is_initialized())
+    except dcp.api.CheckpointException as e:
+        failure = next(iter(e.failures.values()))  # (exception, traceback) of one process
+        failure = failure[0] if isinstance(failure, tuple) else failure
+        reason = ' '.join(f'{type(failure).__name__}: {failure}'.split())[:300]
+        raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged ({reason}): "
+                         'restore the folder, or start again with --init_from=scratch') from None
+
+
 def load_sharded_model(ckpt, model):
     """Read a sharded checkpoint's weights into `model`, sharded or whole, on any number of processes (or one
     without torchrun): torch.distributed.checkpoint reads each process's part of every tensor, whatever parts
     the saving processes held."""
     state = get_model_state_dict(model)
-    try:
-        dcp.load({'model': state}, storage_reader=ShardReader(ckpt['sharded']))
-    except dcp.api.CheckpointException as e:
-        reason = ' '.join(str(e).split())[:300]
-        raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged ({reason}): "
-                         'restore the folder, or start again with --init_from=scratch') from None
+    read_shards({'model': state}, ckpt)
     set_model_state_dict(model, state)
 
 
@@ -333,7 +344,7 @@ def load_optimizer(ckpt, model, optimizer):
     """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
     if 'sharded' in ckpt:
         _, state = get_state_dict(model, optimizer)  # fills a fresh optimizer's state, to be overwritten
-        dcp.load({'optimizer': state['state']}, storage_reader=ShardReader(ckpt['sharded']))
+        read_shards({'optimizer': state['state']}, ckpt)
         set_optimizer_state_dict(model, optimizer, {'state': state['state'], 'param_groups': ckpt['optimizer_groups']})
     elif parallel.is_sharded(model):
         set_optimizer_state_dict(model, optimizer, keyed_by_name(ckpt['optimizer'], model, optimizer),
