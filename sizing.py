@@ -290,9 +290,9 @@ PARALLEL_VARIANTS = [
 ]
 
 
-def parallel_plan(report, config, gpus, device_memory):
+def parallel_plan(report, config, gpus, device_memory, train_args):
     """Memory per GPU of each PARALLEL_VARIANTS entry, in bf16 mixed precision, for config's batch on `gpus`
-    GPUs, and the fastest that fits. Per GPU, with P parameters (Pr outside the blocks, Pb in one block):
+    GPUs, and the fastest that fits, as a command with `train_args`. Per GPU, with P parameters (Pr outside the blocks, Pb in one block):
       DDP    16·P (fp32 weights, gradients, AdamW's two moments) + 2·P (autocast's bf16 weight copies),
              + 4·P on more than one GPU (DDP reduces the gradients from buckets of their own), + activations
       FSDP   16·P / gpus (the same state, sharded) + 2·(Pr + 2·Pb) (the bf16 parameters gathered: the root unit,
@@ -325,17 +325,17 @@ def parallel_plan(report, config, gpus, device_memory):
     if best:
         launch = 'python' if gpus == 1 and 'fsdp' not in best['options'] else \
             f'torchrun --standalone --nproc_per_node={gpus}'
-        command = ' '.join(x for x in [launch, 'train.py', *config_args(), best['options']] if x)
+        command = ' '.join(x for x in [launch, 'train.py', *train_args, best['options']] if x)
     return {'gpus': gpus, 'micro_steps_per_gpu': micro_steps, 'rows': rows, 'best': best and best['variant'],
             'command': command, 'problem': problem}
 
 
-def config_args(argv=None):
+def config_args(argv):
     """The config files and train.py keys of sizing's command line: what the plan's command repeats, with a
     preset only sizing knows (--init_from=llama2_7b) as the config file train.py reads (config/model_llama2_7b.py)."""
     own = ('--json', '--device_memory', '--mfu', '--gpus')
     out = []
-    for arg in sys.argv[1:] if argv is None else argv:
+    for arg in argv:
         key, _, value = arg.partition('=')
         if key == '--init_from' and os.path.isfile(preset_path(value)) and value not in checkpoint.PRETRAINED:
             arg = os.path.relpath(preset_path(value))
@@ -473,9 +473,10 @@ def design_checklist(c, config, memory, compute):
 # the report
 
 
-def sizing_report(config, model_config, errors, device_memory, devices, device_memory_source='--device_memory'):
-    """Everything sizing.py prints, as a dict, for resolve_config's (config, model_config, errors); only the
-    checklist when there are errors."""
+def sizing_report(config, model_config, errors, device_memory, devices, device_memory_source='--device_memory',
+                  argv=()):
+    """Everything sizing.py prints, as a dict, for resolve_config's (config, model_config, errors) from the command
+    line `argv`; only the checklist when there are errors."""
     if errors:
         return {'ok': False, 'checklist': errors}
     with torch.device('meta'):  # no memory: the parameters have shapes but no data
@@ -488,7 +489,7 @@ def sizing_report(config, model_config, errors, device_memory, devices, device_m
     run = {k: config[k] for k in ('init_from', 'batch_size', 'gradient_accumulation_steps', 'max_iters')}
     report = {'ok': True, 'model': asdict(c), 'run': run, 'parameters': parameters, 'memory': memory,
               'compute': compute, 'checklist': design_checklist(c, config, memory, compute)}
-    report['plan'] = parallel_plan(report, config, config['gpus'], device_memory)
+    report['plan'] = parallel_plan(report, config, config['gpus'], device_memory, config_args(argv))
     return report
 
 
@@ -646,7 +647,7 @@ def main(argv=None):
     devices = [(name, dict(machine.GPU_PEAK_FLOPS)[name]) for name in REFERENCE_GPUS]
     if not errors:  # measuring the CPU takes a moment: only for a model that will be sized
         devices.append(local_device(config['peak_flops']))
-    report = sizing_report(config, model_config, errors, device_memory, devices, source)
+    report = sizing_report(config, model_config, errors, device_memory, devices, source, argv)
     print(json.dumps(report, indent=2) if config['json'] else format_report(report))
     if not report['ok']:
         raise ValueError(f"the config has {len(report['checklist'])} error(s), listed in the checklist above")

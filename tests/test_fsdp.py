@@ -223,7 +223,7 @@ def test_activation_checkpointing_runs_each_block_again_in_backward():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
     calls = []
     for block in model.transformer.h:
-        block.register_forward_hook(lambda *_: calls.append(1))
+        block.register_forward_pre_hook(lambda *_: calls.append(1))  # recomputation stops before the block ends
     x = torch.randint(0, 11, (2, 8))
     for recompute, expected in ((False, 2), (True, 4)):
         calls.clear()
@@ -246,7 +246,8 @@ def test_sizing_plans_the_parallelism(argv, best, command_has):
     """The README's cases: GPT-2 XL full finetuning on 1 x 24 GB (only CPU offload fits), 2 x 24 GB (FSDP),
     8 x 80 GB (DDP fits, the fastest); Llama-2-7B on 8 x 80 GB (FSDP)."""
     config, model_config, errors = sizing.resolve_config(argv)
-    report = sizing.sizing_report(config, model_config, errors, sizing.parse_memory(argv[-1].split('=')[1]), [])
+    report = sizing.sizing_report(config, model_config, errors, sizing.parse_memory(argv[-1].split('=')[1]), [],
+                                  argv=argv)
     plan = report['plan']
     assert plan['best'] == best
     assert command_has in plan['command']
