@@ -49,6 +49,18 @@ class Machine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=DTYPES[self.dtype])
 
+    def peak_memory(self):
+        """Bytes: the most this process's tensors held on its GPU (torch.cuda.max_memory_allocated), else the
+        peak resident memory of the whole process (the CPU, where tensors share it with everything else); None
+        where unknown (Windows)."""
+        if self.device_type == 'cuda':
+            return torch.cuda.max_memory_allocated(self.device)
+        try:
+            import resource  # Unix only
+        except ImportError:
+            return None
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
+
     def synchronize(self):
         """Wait for the device's queued work, so that a clock measures it."""
         if self.device_type == 'cuda':

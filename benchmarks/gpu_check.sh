@@ -35,6 +35,13 @@ check fp16_gradscaler    python train.py $BABY --out_dir=$RUNS/fp16 --dtype=floa
 check resume             python train.py $BABY --out_dir=$RUNS/auto --init_from=resume --max_iters=60
 check sample_kv_cache    python sample.py --out_dir=$RUNS/auto --num_samples=4 --max_new_tokens=300
 check sample_compiled    python sample.py --out_dir=$RUNS/auto --num_samples=1 --max_new_tokens=300 --compile=True
+check fsdp_1             torchrun --standalone --nproc_per_node=1 train.py $BABY --out_dir=$RUNS/fsdp --parallel=fsdp \
+                           --dtype=bfloat16 --compile=False
+check fsdp_resume_ddp    python train.py $BABY --out_dir=$RUNS/fsdp --init_from=resume --max_iters=60
+check fsdp_ac_offload    torchrun --standalone --nproc_per_node=1 train.py $BABY --out_dir=$RUNS/fsdp_offload \
+                           --parallel=fsdp --activation_checkpointing=True --cpu_offload=True --compile=False
+check fsdp_compile       torchrun --standalone --nproc_per_node=$NPROC train.py $BABY --out_dir=$RUNS/fsdp_compile \
+                           --parallel=fsdp --compile=True --gradient_accumulation_steps=$NPROC
 check bench_gpt2         python bench.py --dtype=bfloat16 --compile=True
 check bench_gpt2_eager   python bench.py --dtype=bfloat16 --compile=False --generate_tokens=0
 
