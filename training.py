@@ -17,21 +17,22 @@ def configure_optimizer(model, cfg, device):
     'muon': Muon with muon_lr for the 2-D weights inside the blocks (transformer.h.*), AdamW with learning_rate
     for the rest (embeddings, lm_head, norm gains, biases), weight decay on its 2-D tensors only. Each param
     group's base lr is its 'lr' here; set_lr scales them all by the schedule. Parameters are chosen by name and
-    shape, so that a wrapped model (compiled, DDP, FSDP: names keep their suffix) is split the same way."""
+    shape, not by module or tensor type, so that a wrapped model (compiled, DDP, FSDP's DTensors: the names
+    keep their 'transformer.h.' part) is split the same way."""
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'adamw':
         return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, device.split(':')[0])
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    matrices = [p for name, p in params if 'transformer.h.' in name and p.dim() == 2]
-    others = [(name, p) for name, p in params if not ('transformer.h.' in name and p.dim() == 2)]
+    matrices, others = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
     # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
     ns_dtype = torch.bfloat16 if machine.resolve_dtype('auto', device) == 'bfloat16' else torch.float32
     return MuonAdamW([
         {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
          'weight_decay': cfg['muon_weight_decay']},
-        {'params': [p for _, p in others if p.dim() >= 2], 'lr': cfg['learning_rate'],
-         'weight_decay': cfg['weight_decay']},
-        {'params': [p for _, p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
+        {'params': [p for p in others if p.dim() >= 2], 'lr': cfg['learning_rate'], 'weight_decay': cfg['weight_decay']},
+        {'params': [p for p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
     ], betas=betas, ns_dtype=ns_dtype)
 
 

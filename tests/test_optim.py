@@ -112,9 +112,10 @@ TINY = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_emb
 ENV = dict(os.environ, OMP_NUM_THREADS='1')  # CPU kernels sum in another order on another number of threads
 
 
-def run(*argv, check=True):
-    result = subprocess.run([sys.executable, 'train.py', *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=ENV)
+def run(*argv, check=True, procs=1):
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}']
+    result = subprocess.run([*(torchrun if procs > 1 else [sys.executable]), 'train.py', *map(str, argv)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
 
@@ -140,6 +141,16 @@ def test_exact_resume_with_muon(tmp_path):
                  '--init_from=resume', '--optimizer=adamw', check=False)
     assert result.returncode == 1 and result.stderr.count('\n') == 1
     assert "trained with optimizer='muon'" in result.stderr and '--optimizer=muon' in result.stderr
+
+
+def test_two_process_resume_with_muon(tmp_path):
+    """torchrun, 2 processes (DDP): 8 iterations in one go == 4, then a resume to 8."""
+    data = write_char_dataset(tmp_path / 'data')
+    argv = [*TINY, f'--data_dir={data}', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=8']
+    run(*argv, f"--out_dir={tmp_path / 'whole'}", '--max_iters=8', procs=2)
+    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=4', procs=2)
+    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=8', '--init_from=resume', procs=2)
+    assert logged(tmp_path / 'split') == logged(tmp_path / 'whole')
 
 
 @pytest.mark.parametrize('extra, words', [
