@@ -31,7 +31,7 @@ import dataset
 import machine
 from configurator import cli, configure
 from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
-from training import tokens_per_iter, train_step
+from training import configure_optimizer, tokens_per_iter, train_step
 
 BENCH_DEFAULTS = dict(
     steps=None,  # timed training steps; median and spread over them
@@ -76,9 +76,11 @@ def check_settings(cfg):
     for key in ('seed', 'learning_rate', 'weight_decay', 'grad_clip'):
         if cfg[key] < 0:
             raise ValueError(f'{key}={cfg[key]} must be 0 or more' + (' (0 disables clipping)' if key == 'grad_clip' else ''))
-    for key in ('beta1', 'beta2'):
+    for key in ('beta1', 'beta2', 'muon_momentum'):
         if not 0 <= cfg[key] < 1:
             raise ValueError(f'{key}={cfg[key]} must be in [0, 1), e.g. 0.9 / 0.95')
+    if cfg['optimizer'] not in ('adamw', 'muon'):
+        raise ValueError(f"optimizer={cfg['optimizer']!r} is not one of adamw, muon")
 
 
 def resolve(cfg, m):
@@ -214,8 +216,7 @@ def bench(cfg, given, m):
     model, batches, data_dir = build(cfg, given, m)
     cfg = dict(cfg, **checkpoint.model_args(model.config, full=True))  # the model's real architecture
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
-    optimizer = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
-                                           m.device_type)
+    optimizer = configure_optimizer(model, cfg, m.device)
     result = {
         'device': m.device, 'device_name': machine.device_name(m.device), 'torch': torch.__version__,
         'dtype': m.dtype, 'compile': m.compile, 'data': 'synthetic' if cfg['synthetic'] else data_dir,

@@ -30,7 +30,7 @@ import parallel
 from configurator import cli, configure
 from model import GPTConfig
 from runlog import Log, format_seconds
-from training import estimate_loss, get_lr, tokens_per_iter, train_step
+from training import configure_optimizer, estimate_loss, get_lr, set_lr, tokens_per_iter, train_step
 
 # default config values: GPT-2 (124M) on OpenWebText, as nanoGPT
 DEFAULTS = dict(
@@ -60,15 +60,22 @@ DEFAULTS = dict(
     **{f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'bias')},
     vocab_size=None,
     bias=False,
-    # AdamW
-    learning_rate=6e-4,  # max learning rate
+    # optimizer: 'adamw', or 'muon' (Muon for the weight matrices inside the blocks, AdamW for the rest)
+    optimizer='adamw',
+    learning_rate=6e-4,  # max learning rate (AdamW's; with optimizer='muon', of the embeddings, lm_head and norms)
     max_iters=600000,  # optimizer steps in all
     weight_decay=1e-1,
     beta1=0.9,
     beta2=0.95,
     grad_clip=1.0,  # clip gradients at this norm, 0 to disable
-    # learning rate schedule: linear warmup, then cosine decay to min_lr
+    muon_lr=0.02,  # Muon's max learning rate; the schedule scales it as it scales learning_rate
+    muon_momentum=0.95,
+    muon_weight_decay=0.0,  # decoupled, as AdamW's: the matrices shrink by muon_lr * muon_weight_decay per step
+    # learning rate schedule: linear warmup, then 'cosine' decay to min_lr, or 'wsd' (warmup-stable-decay):
+    # constant, then linear decay to min_lr over the last decay_fraction of lr_decay_iters
     decay_lr=True,
+    lr_schedule='cosine',
+    decay_fraction=0.2,
     warmup_iters=2000,
     lr_decay_iters=600000,  # ~ max_iters per the Chinchilla paper
     min_lr=6e-5,  # ~ learning_rate / 10 per the Chinchilla paper
@@ -118,9 +125,18 @@ def check_settings(cfg):
                 'min_lr', 'peak_flops', 'seed', 'hellaswag_interval'):
         if cfg[key] < 0:
             raise ValueError(f'{key}={cfg[key]} must be 0 or more' + (' (0 disables clipping)' if key == 'grad_clip' else ''))
-    for key in ('beta1', 'beta2'):
+    for key in ('beta1', 'beta2', 'muon_momentum'):
         if not 0 <= cfg[key] < 1:
             raise ValueError(f'{key}={cfg[key]} must be in [0, 1), e.g. 0.9 / 0.95')
+    for key, choices in (('optimizer', ('adamw', 'muon')), ('lr_schedule', ('cosine', 'wsd'))):
+        if cfg[key] not in choices:
+            raise ValueError(f"{key}={cfg[key]!r} is not one of {', '.join(choices)}")
+    if not 0 < cfg['decay_fraction'] <= 1:
+        raise ValueError(f"decay_fraction={cfg['decay_fraction']} must be in (0, 1], e.g. 0.2: the last 20% of the steps")
+    if cfg['optimizer'] == 'muon' and (cfg['muon_lr'] < 0 or cfg['muon_weight_decay'] < 0 or not cfg['learning_rate']):
+        raise ValueError(f"optimizer='muon' needs muon_lr >= 0, muon_weight_decay >= 0 and learning_rate > 0 (the "
+                         f"schedule scales muon_lr by lr / learning_rate), not {cfg['muon_lr']}, "
+                         f"{cfg['muon_weight_decay']} and {cfg['learning_rate']}")
 
 
 def train(cfg, given, m):
@@ -146,8 +162,7 @@ def train(cfg, given, m):
     if not parallel.is_sharded(model):
         model.to(m.device)
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
-    optimizer = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
-                                           m.device_type)
+    optimizer = configure_optimizer(model, cfg, m.device)
     iter_num, best_val_loss = 0, 1e9
     if ckpt is not None:
         iter_num, best_val_loss = restore(ckpt, model, optimizer, scaler, cfg, m)
@@ -183,6 +198,10 @@ def load_hellaswag(cfg, meta, m):
 
 def restore(ckpt, model, optimizer, scaler, cfg, m):
     """Put the optimizer, the GradScaler and every process's random generators back as they were saved."""
+    trained_with = ckpt.get('config', {}).get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
+    if trained_with != cfg['optimizer']:
+        raise ValueError(f"the checkpoint was trained with optimizer={trained_with!r}, whose state cannot go on with "
+                         f"{cfg['optimizer']!r}: resume with --optimizer={trained_with}")
     checkpoint.load_optimizer(ckpt, model, optimizer)
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
@@ -229,9 +248,8 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
         if evaluated:
             t0 = time.time()  # the evaluations' time is not the next iteration's
         lr = get_lr(iter_num, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'],
-                    cfg['decay_lr'])
-        for group in optimizer.param_groups:
-            group['lr'] = lr
+                    cfg['decay_lr'], cfg['lr_schedule'], cfg['decay_fraction'])
+        set_lr(optimizer, lr, cfg)
         loss = train_step(model, optimizer, scaler, batches, m, iter_num, grad_accum, cfg['grad_clip'])
         if m.world_size > 1:
             torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)

@@ -1,6 +1,6 @@
 """
-The parts of a training run that train.py and bench.py share: the learning rate schedule, one optimizer
-step, and the evaluation of the loss.
+The parts of a training run that train.py and bench.py share: the optimizer, the learning rate schedule,
+one optimizer step, and the evaluation of the loss.
 """
 
 import math
@@ -8,20 +8,60 @@ import math
 import torch
 import torch.distributed as dist
 
+import machine
 import parallel
+from muon import MuonAdamW
 
 
-def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=True):
-    """Linear warmup (never 0, even at step 0), then cosine decay to min_lr at lr_decay_iters."""
+def configure_optimizer(model, cfg, device):
+    """train.py's optimizer for cfg['optimizer']: 'adamw' (nanoGPT's: weight decay on 2-D tensors only) or
+    'muon': Muon with muon_lr for the 2-D weights inside the blocks (transformer.h.*), AdamW with learning_rate
+    for the rest (embeddings, lm_head, norm gains, biases), weight decay on its 2-D tensors only. Each param
+    group's base lr is its 'lr' here; set_lr scales them all by the schedule. Parameters are chosen by name and
+    shape, not by module or tensor type, so that a wrapped model (compiled, DDP, FSDP's DTensors: the names
+    keep their 'transformer.h.' part) is split the same way."""
+    betas = (cfg['beta1'], cfg['beta2'])
+    if cfg['optimizer'] == 'adamw':
+        return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, device.split(':')[0])
+    matrices, others = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
+    # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
+    ns_dtype = torch.bfloat16 if machine.resolve_dtype('auto', device) == 'bfloat16' else torch.float32
+    return MuonAdamW([
+        {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
+         'weight_decay': cfg['muon_weight_decay']},
+        {'params': [p for p in others if p.dim() >= 2], 'lr': cfg['learning_rate'], 'weight_decay': cfg['weight_decay']},
+        {'params': [p for p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
+    ], betas=betas, ns_dtype=ns_dtype)
+
+
+def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=True, schedule='cosine',
+           decay_fraction=0.2):
+    """Linear warmup (never 0, even at step 0), then down to min_lr at lr_decay_iters: 'cosine' decays all the
+    way; 'wsd' (warmup-stable-decay) stays at learning_rate, then decays linearly over the last decay_fraction
+    of the lr_decay_iters steps."""
     if not decay_lr:
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it > lr_decay_iters:
         return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
+    if schedule == 'wsd':
+        decay_start = lr_decay_iters * (1 - decay_fraction)
+        coeff = min(1.0, (lr_decay_iters - it) / max(1, lr_decay_iters - decay_start))  # 1, then down to 0
+    else:
+        ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
     return min_lr + coeff * (learning_rate - min_lr)
+
+
+def set_lr(optimizer, lr, cfg):
+    """Every param group's lr at a step whose scheduled learning rate is lr: AdamW's groups take lr, Muon's
+    muon_lr scaled by the same factor, lr / learning_rate."""
+    for group in optimizer.param_groups:
+        group['lr'] = cfg['muon_lr'] * lr / cfg['learning_rate'] if group.get('muon') else lr
 
 
 def tokens_per_iter(cfg):

@@ -56,12 +56,11 @@ def assert_close(ours, reference, rel=1e-5):
         assert abs(ours[k] - reference[k]) <= rel * abs(reference[k]), (k, ours[k], reference[k])
 
 
-@pytest.mark.parametrize('recompute', [False, True])
-def test_two_fsdp_processes_train_as_one_process(data, tmp_path, recompute):
+@pytest.mark.parametrize('extra', [[], ['--activation_checkpointing=True'], ['--optimizer=muon']])
+def test_two_fsdp_processes_train_as_one_process(data, tmp_path, extra):
     """The same global batch on 2 sharded processes or 1 plain one: the same initial weights (each process draws
     its shards' part of the same values), the same losses within fp32 rounding; activation checkpointing
-    changes nothing either."""
-    extra = [f'--activation_checkpointing={recompute}']
+    changes nothing either, and Muon orthogonalizes the whole matrices of sharded parameters."""
     train(data, tmp_path / 'one', *extra)
     out = train(data, tmp_path / 'fsdp', '--parallel=fsdp', *extra, processes=2)
     assert out.count('world size 2 (fsdp)') == 1  # one process prints
@@ -94,6 +93,19 @@ def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parall
     train(data, snapshot, '--init_from=resume', '--max_iters=9', '--parallel=fsdp', processes=2)
     assert sorted(os.listdir(snapshot)) == ['ckpt.dcp', 'loss.png', 'metrics.jsonl']
     assert checkpoint.load(checkpoint.find(str(snapshot)))['iter_num'] == 9
+
+
+def test_muon_state_goes_from_shards_to_one_process_and_back(data, tmp_path):
+    """Muon's momentum and AdamW's moments, saved as shards and resumed by a plain process, and saved whole and
+    resumed sharded: the losses of an uninterrupted run within fp32 rounding."""
+    muon = ['--optimizer=muon', '--muon_lr=0.02']
+    train(data, tmp_path / 'whole', *muon)
+    train(data, tmp_path / 'a', *muon, '--parallel=fsdp', '--max_iters=3', processes=2)
+    train(data, tmp_path / 'a', *muon, '--init_from=resume')
+    assert_close(losses(tmp_path / 'a'), losses(tmp_path / 'whole'))
+    train(data, tmp_path / 'b', *muon, '--max_iters=3')
+    train(data, tmp_path / 'b', *muon, '--parallel=fsdp', '--init_from=resume', processes=2)
+    assert_close(losses(tmp_path / 'b'), losses(tmp_path / 'whole'))
 
 
 def test_killed_sharded_saves_never_cost_the_previous_checkpoint(data, tmp_path):

@@ -1,0 +1,168 @@
+"""optimizer='muon' (Muon for the block matrices, AdamW for the rest) and lr_schedule='wsd'."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import train
+import training
+from conftest import ROOT, write_char_dataset
+from model import GPT, GPTConfig
+from muon import MuonAdamW, orthogonalize
+
+MUON = dict(train.DEFAULTS, optimizer='muon', learning_rate=1e-3, weight_decay=0.1, muon_lr=0.02,
+            muon_momentum=0.9, muon_weight_decay=0.0)
+
+
+def gpt2_like():
+    """Every kind of parameter: learned positions, biases, LayerNorm, an untied lm_head."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, tie_embeddings=False))
+
+
+def test_muon_groups_and_their_learning_rates():
+    model = gpt2_like()
+    names = {id(p): name for name, p in model.named_parameters()}
+    optimizer = training.configure_optimizer(model, MUON, 'cpu')
+    assert isinstance(optimizer, MuonAdamW)
+    muon, adamw_decay, adamw_no_decay = ({names[id(p)] for p in group['params']} for group in optimizer.param_groups)
+    assert muon == {f'transformer.h.{i}.{m}.weight' for i in range(2)
+                    for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')}
+    assert adamw_decay == {'transformer.wte.weight', 'transformer.wpe.weight', 'lm_head.weight'}
+    assert adamw_no_decay == {name for name in names.values() if name.endswith('.bias') or '.ln_' in name}
+    assert len(muon) + len(adamw_decay) + len(adamw_no_decay) == len(names)
+    assert [(g['muon'], g['lr'], g['weight_decay']) for g in optimizer.param_groups] == [
+        (True, 0.02, 0.0), (False, 1e-3, 0.1), (False, 1e-3, 0.0)]
+    assert optimizer.param_groups[0]['momentum'] == 0.9
+    # the schedule scales every group's base lr by the same factor
+    training.set_lr(optimizer, 0.25e-3, MUON)
+    assert [g['lr'] for g in optimizer.param_groups] == [0.005, 0.25e-3, 0.25e-3]
+    assert isinstance(training.configure_optimizer(model, dict(MUON, optimizer='adamw'), 'cpu'), torch.optim.AdamW)
+
+
+def test_weight_decay_only_where_intended():
+    """A step with zero gradients moves a parameter only by its decoupled weight decay."""
+    model = gpt2_like()
+    optimizer = training.configure_optimizer(model, dict(MUON, muon_weight_decay=0.5), 'cpu')
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name.startswith('transformer.h.') and p.dim() == 2:
+            assert torch.equal(p, before[name] * (1 - 0.02 * 0.5)), name  # muon_lr * muon_weight_decay
+        elif p.dim() == 2:
+            assert torch.equal(p, before[name] * (1 - 1e-3 * 0.1)), name  # learning_rate * weight_decay
+        else:
+            assert torch.equal(p, before[name]), name  # norms and biases: no decay
+
+
+def test_adamw_groups_compute_as_torch_adamw():
+    torch.manual_seed(0)
+    ours, theirs = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    theirs.data.copy_(ours.data)
+    mine = MuonAdamW([{'params': [ours], 'muon': False}], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    torchs = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    for _ in range(5):
+        grad = torch.randn(5, 3)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        mine.step()
+        torchs.step()
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize('shape', [(64, 16), (16, 64), (24, 24)])
+def test_orthogonalize_and_the_muon_step(shape):
+    """Newton-Schulz leaves every singular value near 1; one Muon step moves a matrix by such an update,
+    scaled by lr * sqrt(max(1, rows / cols))."""
+    torch.manual_seed(0)
+    grad = torch.randn(shape) * 1e-3  # the scale of the gradient does not matter
+    singular_values = torch.linalg.svdvals(orthogonalize(grad, dtype=torch.float32))
+    assert singular_values.min() > 0.6 and singular_values.max() < 1.25
+    p = torch.randn(shape, requires_grad=True)
+    before = p.detach().clone()
+    p.grad = grad
+    MuonAdamW([{'params': [p], 'muon': True}], lr=0.1, ns_dtype=torch.float32).step()
+    step = (before - p.detach()) / (0.1 * max(1, shape[0] / shape[1]) ** 0.5)
+    singular_values = torch.linalg.svdvals(step)
+    assert singular_values.min() > 0.6 and singular_values.max() < 1.25
+
+
+def test_wsd_schedule_shape():
+    def lr(it, schedule='wsd'):
+        return training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,
+                               schedule=schedule, decay_fraction=0.2)  # decays over iterations 88 to 110
+    assert 0 < lr(0) < lr(5) < lr(9) < 1.0  # the warmup, as cosine's
+    assert all(lr(it) == 1.0 for it in range(10, 89))  # flat
+    assert lr(99) == pytest.approx(0.55)  # linear: halfway down at the middle of the decay
+    assert lr(95) - lr(96) == pytest.approx(lr(105) - lr(106))
+    assert lr(110) == pytest.approx(0.1) and lr(500) == 0.1
+    assert [lr(it, 'cosine') for it in range(120)] == [
+        training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110) for it in range(120)]
+
+
+TINY = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16',
+        '--batch_size=2', '--eval_iters=4', '--log_interval=1', '--dropout=0.1', '--warmup_iters=2',
+        '--lr_decay_iters=10', '--eval_interval=5', '--optimizer=muon', '--lr_schedule=wsd', '--decay_fraction=0.5',
+        '--muon_weight_decay=0.1']
+ENV = dict(os.environ, OMP_NUM_THREADS='1')  # CPU kernels sum in another order on another number of threads
+
+
+def run(*argv, check=True, procs=1):
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}']
+    result = subprocess.run([*(torchrun if procs > 1 else [sys.executable]), 'train.py', *map(str, argv)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0 or not check, result.stderr[-3000:]
+    return result
+
+
+def logged(out_dir):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        return [(r['iter'], r.get('loss'), r.get('lr'), r.get('val_loss')) for r in map(json.loads, f)]
+
+
+def test_exact_resume_with_muon(tmp_path):
+    """From the command line: 10 iterations in one go == 5, stop, resume to 10, bit for bit (Muon's momentum
+    and AdamW's moments saved and restored); resuming with the other optimizer is a one-line error."""
+    data = write_char_dataset(tmp_path / 'data')
+    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'whole'}", '--max_iters=10')
+    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=5')
+    state = checkpoint.load(tmp_path / 'split' / 'ckpt.pt')['optimizer']
+    assert {tuple(s) for s in state['state'].values()} == {('momentum_buffer',), ('step', 'exp_avg', 'exp_avg_sq')}
+    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=10', '--init_from=resume')
+    assert logged(tmp_path / 'split') == logged(tmp_path / 'whole')
+    a, b = (checkpoint.load(tmp_path / name / 'ckpt.pt')['model'] for name in ('whole', 'split'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    result = run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=12',
+                 '--init_from=resume', '--optimizer=adamw', check=False)
+    assert result.returncode == 1 and result.stderr.count('\n') == 1
+    assert "trained with optimizer='muon'" in result.stderr and '--optimizer=muon' in result.stderr
+
+
+def test_two_process_resume_with_muon(tmp_path):
+    """torchrun, 2 processes (DDP): 8 iterations in one go == 4, then a resume to 8."""
+    data = write_char_dataset(tmp_path / 'data')
+    argv = [*TINY, f'--data_dir={data}', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=8']
+    run(*argv, f"--out_dir={tmp_path / 'whole'}", '--max_iters=8', procs=2)
+    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=4', procs=2)
+    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=8', '--init_from=resume', procs=2)
+    assert logged(tmp_path / 'split') == logged(tmp_path / 'whole')
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--optimizer=sgd'], "optimizer='sgd' is not one of adamw, muon"),
+    (['--lr_schedule=linear'], "lr_schedule='linear' is not one of cosine, wsd"),
+    (['--decay_fraction=0'], 'decay_fraction=0.0 must be in (0, 1]'),
+    (['--decay_fraction=1.5'], 'decay_fraction=1.5 must be in (0, 1]'),
+    (['--muon_momentum=1.0'], 'muon_momentum=1.0 must be in [0, 1)'),
+    (['--optimizer=muon', '--muon_lr=-0.02'], "optimizer='muon' needs muon_lr >= 0"),
+    (['--optimizer=muon', '--learning_rate=0'], 'learning_rate > 0'),
+])
+def test_bad_values(extra, words):
+    with pytest.raises(ValueError) as e:
+        train.main(['--device=cpu', *extra])
+    assert words in str(e.value) and '\n' not in str(e.value)
