@@ -72,7 +72,8 @@ def sharded(config, m, cpu_offload=False, state_dict=None, from_rank0=False, emp
             for name, param in model.named_parameters():
                 full = torch.empty(param.shape)
                 model.init_parameter(name, full)
-                param.copy_(distribute_tensor(full.to(param.device), mesh, param.placements, src_data_rank=None))
+                shard = distribute_tensor(full.to(m.device), mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(shard.to_local())  # to the shard's own device: the CPU under cpu_offload
         if model.rotary is not None:
             model.rotary.reset_tables()
     return model
