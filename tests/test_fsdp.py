@@ -108,6 +108,7 @@ def test_muon_state_goes_from_shards_to_one_process_and_back(data, tmp_path):
     assert_close(losses(tmp_path / 'b'), losses(tmp_path / 'whole'))
 
 
+@pytest.mark.slow
 def test_killed_sharded_saves_never_cost_the_previous_checkpoint(data, tmp_path):
     """A 2-process FSDP run saving at every iteration, killed (SIGKILL to torchrun and its workers) at random
     moments, saves included: each time out_dir holds a complete checkpoint that loads, and resuming goes on."""
