@@ -7,6 +7,7 @@ its launch to its exit, with every line of its output time-stamped.
     flock /tmp/cpu.lock python benchmarks/train_speed.py --repeats=1                # the whole recipe
     flock /tmp/cpu.lock python benchmarks/train_speed.py --preset=cpu               # config/train_shakespeare_char_cpu.py
     flock /tmp/cpu.lock python benchmarks/train_speed.py --preset=baby --max_iters=4 --repeats=1
+    flock /tmp/cpu.lock python benchmarks/train_speed.py --preset=baby --max_iters=6 --compare=/tmp/nanogpt  # vs nanoGPT
 
 Presets: 'recipe' is nanoGPT's README CPU recipe (config/train_shakespeare_char.py with its flags);
 'cpu' is config/train_shakespeare_char_cpu.py as it stands; 'baby' is config/train_shakespeare_char.py
@@ -15,7 +16,11 @@ Per run it prints the whole-process wall time, the median ms per iteration (trai
 which leaves out evaluation; the first 5 iterations are skipped) with its 10th-90th percentile,
 tokens/s, the time at which val loss first went below --target, the last val loss and the peak RSS.
 With --compare=DIR the same run alternates between this checkout and the checkout DIR (A B A B), so
-that the machine's drift hits both alike. Medians and (min-max) over the repeats end the output.
+that the machine's drift hits both alike; DIR may be a checkout of nanoGPT itself (its train.py takes the
+same flags; give it the same data in DIR/data/shakespeare_char), which runs in float32 on CPUs whatever
+--dtype says. Medians and (min-max) over the repeats end the output, and with --compare the ratio of
+tokens/s, this / compare, of each A B pair. --args adds train.py flags to both sides, e.g.
+--args='--dtype=float32'.
 """
 
 import os
@@ -49,6 +54,7 @@ DEFAULTS = {
     'data_dir': '',  # '' means train.py's default, data/shakespeare_char
     'target': 1.9,  # report when val loss first goes below this
     'verbose': False,  # echo train.py's output
+    'args': '',  # more train.py flags for both sides, separated by spaces
 }
 
 
@@ -70,8 +76,8 @@ def run(tree, args, target, verbose):
         raise ValueError(f'{" ".join(cmd)} failed in {tree}:\n' + ''.join(text for _, text in lines[-20:]))
     ms = [float(m.group(1)) for _, text in lines if (m := re.match(r'iter \d+:.* time ([\d.]+)ms', text))]
     ms = ms[5:] if len(ms) > 10 else ms[1:]  # train.py's own per-iteration times, past the first (allocations)
-    tokens = next(int(m.group(1).replace(',', '')) for _, text in lines
-                  if (m := re.search(r'([\d,]+) tokens per iteration', text)))
+    tokens = next(int((m.group(1) or m.group(2)).replace(',', '')) for _, text in lines  # ours or nanoGPT's wording
+                  if (m := re.search(r'([\d,]+) tokens per iteration|tokens per iteration will be: ([\d,]+)', text)))
     evals = [(t, float(m.group(1))) for t, text in lines if (m := re.match(r'step \d+: .*val loss ([\d.]+)', text))]
     ms.sort()
     return {
@@ -102,6 +108,7 @@ def main():
         args.append(f"--max_iters={config['max_iters']}")
     if config['data_dir']:
         args.append(f"--data_dir={config['data_dir']}")
+    args += config['args'].split()
     trees = {'this': ROOT}
     if config['compare']:
         trees['compare'] = os.path.abspath(config['compare'])
@@ -117,6 +124,9 @@ def main():
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     for name, rs in results.items():
         print(f'{name} (median (min-max) of {len(rs)}): ' + ', '.join(f'{k} {summary([r[k] for r in rs])}' for k in rs[0]))
+    if config['compare']:
+        ratios = [a['tokens_per_s'] / b['tokens_per_s'] for a, b in zip(results['this'], results['compare'])]
+        print(f'tokens/s this / compare, per A B pair: {summary(ratios)}')
 
 
 if __name__ == '__main__':
