@@ -179,7 +179,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.rotary = rotary  # shared by all layers; None for learned positions
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()
@@ -199,9 +199,12 @@ class CausalSelfAttention(nn.Module):
         if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             is_causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        dropout_p = self.dropout if self.training else 0.0
+        if dropout_p > 0 and x.device.type == 'cpu':
+            y = attention_with_dropout_cpu(q, k, v, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                               enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -213,7 +216,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
@@ -226,7 +229,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 2 * config.d_ff, bias=config.bias)
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         gate, up = self.c_fc(x).chunk(2, dim=-1)
@@ -264,7 +267,7 @@ class GPT(nn.Module):
             self.transformer = nn.ModuleDict(dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
-                drop=nn.Dropout(config.dropout),
+                drop=Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i, rotary) for i in range(config.n_layer)]),
                 ln_f=Norm(config.n_embd, bias=config.bias),
             ))
@@ -458,3 +461,45 @@ def gelu_tanh(x):
     if x.device.type == 'cpu' and x.dtype == torch.float32:
         return TanhGELU.apply(x)
     return F.gelu(x, approximate='tanh')
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU fast path: dropout from 32 random bits per element, and attention with dropout
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, whose masks come from dropout_keep on CPUs (F.dropout elsewhere)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != 'cpu':
+            return F.dropout(x, self.p, self.training)
+        return x * dropout_keep(x.shape, self.p).to(x.dtype).div_(1 - self.p)  # F.dropout's arithmetic
+
+
+def dropout_keep(shape, p):
+    """Which elements dropout keeps, a bool tensor: each is False with probability p, drawn from torch's global
+    generator. F.dropout's CPU kernel draws one Bernoulli number at a time (~6 ns each on AMD CPUs, which MKL's
+    fast path skips: 60% of the baby GPT's bf16 step went to dropout); filling int64s with 64 random bits each
+    and cutting them into 32-bit numbers costs ~1.3 ns per element. An element is dropped when its number u,
+    uniform in [0, 2^32), is below floor(p 2^32): probability p within 2^-32, closer than p's float32 rounding."""
+    n = math.prod(shape)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2 ** 63, None)  # 64 uniform bits each
+    u = words.view(torch.int32)[:n].view(shape)  # u - 2^31, as signed 32-bit integers
+    return u >= int(p * 2 ** 32) - 2 ** 31
+
+
+def attention_with_dropout_cpu(q, k, v, dropout_p):
+    """Causal attention with dropout on the probabilities, for training on CPUs. PyTorch's CPU SDPA falls
+    back to its unfused math path when dropout_p > 0, which also casts bf16 to fp32 (its bmms then ran at an
+    eighth of the bf16 speed) and draws its masks one by one. Here the operations are nanoGPT's manual
+    attention, in the autocast dtype (fp32 or bf16 scores, as nanoGPT's matmul gives them; the softmax
+    accumulates in fp32), with dropout_keep. q: (B, nh, T, hs); k, v: (B, nkv, T, hs)."""
+    T, hs = q.size(-2), q.size(-1)
+    if k.size(1) != q.size(1):  # grouped-query attention: each key/value head serves n_head // n_kv_head queries
+        k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
+    att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # scaling q is 1/T of the work of scaling att
+    # an additive -inf above the diagonal: its backward is free, masked_fill's is one more pass over att
+    causal = torch.full((T, T), float('-inf'), device=q.device).triu(1).to(att.dtype)
+    att = F.softmax(att + causal, dim=-1)
+    # dropout's 1 / (1 - p) scales v, T / hs times fewer elements than att (the same product up to rounding)
+    return (att * dropout_keep(att.shape, dropout_p).to(att.dtype)) @ (v * (1 / (1 - dropout_p)))

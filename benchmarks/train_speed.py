@@ -148,7 +148,11 @@ def main():
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     for name, rs in results.items():
         print(f'{name} (median (min-max) of {len(rs)}): ' + ', '.join(f'{k} {summary([r[k] for r in rs])}' for k in rs[0]))
-
+    for name in results:  # with --compare: the speed of each pair, this checkout over the other
+        if name.endswith('compare'):
+            base = name[:-len('compare')].strip() or 'this'
+            ratios = [a['tokens_per_s'] / b['tokens_per_s'] for a, b in zip(results[base], results[name])]
+            print(f'tokens/s {base} / {name}, per A B pair: {summary(ratios)}')
 
 if __name__ == '__main__':
     cli(main)
