@@ -95,6 +95,21 @@ def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parall
     assert checkpoint.load(checkpoint.find(str(snapshot)))['iter_num'] == 9
 
 
+def test_pretrained_weights_load_into_shards(data, tmp_path):
+    """init_from a Hugging Face GPT-2 folder, cropped to a smaller block_size: rank 0 reads it and sends each
+    process its shards; the run is the one a plain process makes from the same folder."""
+    from hf import export_hf
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    export_hf(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True)),
+              str(tmp_path / 'hf'))
+    extra = [f'--init_from={tmp_path / "hf"}', '--max_iters=3', '--learning_rate=1e-3']
+    train(data, tmp_path / 'one', *extra)
+    train(data, tmp_path / 'fsdp', *extra, '--parallel=fsdp', processes=2)
+    assert losses(tmp_path / 'fsdp', 'val_loss')[0] == losses(tmp_path / 'one', 'val_loss')[0]
+    assert_close(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'))
+
+
 def test_muon_state_goes_from_shards_to_one_process_and_back(data, tmp_path):
     """Muon's momentum and AdamW's moments, saved as shards and resumed by a plain process, and saved whole and
     resumed sharded: the losses of an uninterrupted run within fp32 rounding."""
