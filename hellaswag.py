@@ -137,9 +137,8 @@ def score(model, tokenizer, examples, m, rank=0, world_size=1, progress=False):
     was_training = model.training
     model.eval()
     n = n_correct = n_correct_norm = 0
-    # FSDP's processes gather parameters together, so each must run as many forwards: some run a spare one
-    forwards = -(-len(examples) // world_size) * world_size if parallel.is_sharded(model) else len(examples)
-    for k in tqdm(range(rank, forwards, world_size), desc='hellaswag', disable=not progress, unit='example'):
+    share = parallel.my_share(len(examples), rank, world_size, model)
+    for k in tqdm(share, desc='hellaswag', disable=not progress, unit='example'):
         example = examples[min(k, len(examples) - 1)]
         tokens, mask = render(example, tokenizer, model.config.block_size)
         with m.autocast():

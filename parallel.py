@@ -79,6 +79,14 @@ def sharded(config, m, cpu_offload=False, state_dict=None, from_rank0=False, emp
     return model
 
 
+def my_share(n, rank, world_size, model):
+    """The numbers k of this process's share of n items (k % world_size == rank). FSDP's processes gather
+    parameters together, so under FSDP each process runs as many forwards: the share is padded with spare
+    numbers k >= n, for which the caller repeats item n - 1 and discards the result."""
+    padded = -(-n // world_size) * world_size if is_sharded(model) else n
+    return range(rank, padded, world_size)
+
+
 def sync_gradients(model, sync):
     """Whether this micro-step's backward averages the gradients across processes: only the last of a step's
     micro-steps needs to, the others accumulate locally (DDP's no_sync, FSDP's set_requires_gradient_sync)."""

@@ -100,11 +100,9 @@ def estimate_loss(model, batches, m, eval_iters):
     model gives the same value, to the last bit, on any number of processes."""
     model.eval()
     out = {}
-    # FSDP's processes gather parameters together, so each must run as many forwards: some run a spare one
-    forwards = -(-eval_iters // m.world_size) * m.world_size if parallel.is_sharded(model) else eval_iters
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters, device=m.device, dtype=torch.float64)
-        for k in range(m.rank, forwards, m.world_size):
+        for k in parallel.my_share(eval_iters, m.rank, m.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
             with m.autocast():
                 _, loss = model(x, y)
