@@ -235,7 +235,7 @@ def load(path, map_location='cpu'):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+        reason = one_line(e)
         raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}); it may be from an interrupted '
                          'copy: restore it, or start again with --init_from=scratch') from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
@@ -261,7 +261,7 @@ def load_train_state(root):
     try:
         ckpt = torch.load(os.path.join(path, TRAIN_STATE), map_location='cpu', weights_only=True)
     except Exception as e:
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+        reason = one_line(e)
         raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}): restore it, or start again '
                          'with --init_from=scratch') from None
     if not isinstance(ckpt, dict):
@@ -269,6 +269,11 @@ def load_train_state(root):
     check_model_args(ckpt, path)
     ckpt['sharded'] = path
     return ckpt
+
+
+def one_line(e, limit=200):
+    """An exception as one line of at most `limit` characters, for the error that explains it."""
+    return ' '.join(f'{type(e).__name__}: {e}'.split())[:limit]
 
 
 def check_model_args(ckpt, path):
@@ -295,7 +300,7 @@ class ShardReader(dcp.FileSystemReader):
             with open(path, 'rb') as f:
                 metadata = IndexUnpickler(f).load()
         except Exception as e:
-            reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+            reason = one_line(e)
             raise ValueError(f'{path} is not the index of a checkpoint train.py wrote ({reason})') from None
         if any(isinstance(item, BytesStorageMetadata) for item in metadata.state_dict_metadata.values()):
             raise ValueError(f'{path} lists pickled values: not a checkpoint train.py wrote')
@@ -326,7 +331,7 @@ def read_shards(state, ckpt):
     except dcp.api.CheckpointException as e:
         failure = next(iter(e.failures.values()))  # (exception, traceback) of one process
         failure = failure[0] if isinstance(failure, tuple) else failure
-        reason = ' '.join(f'{type(failure).__name__}: {failure}'.split())[:300]
+        reason = one_line(failure, 300)
         raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged ({reason}): "
                          'restore the folder, or start again with --init_from=scratch') from None
 
