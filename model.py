@@ -131,10 +131,8 @@ class Rotary(nn.Module):
     def reset_tables(self):
         """Fill the cos/sin tables (computed on the CPU, so that every device gets the same values)."""
         T, hs = self.cos.shape
-        if self.cos.is_meta:
-            return  # built without memory (parallel.py): filled once the tables exist
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
-        angles = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hs, 2, dtype=torch.float32, device='cpu') / hs))
+        angles = torch.outer(torch.arange(T, dtype=torch.float32, device='cpu'), inv_freq)  # (T, hs/2)
         # both halves turn by the same angles; the first half's sine is negated so that the rotation is one addcmul
         self.cos.copy_(torch.cat((angles.cos(), angles.cos()), dim=-1))
         self.sin.copy_(torch.cat((-angles.sin(), angles.sin()), dim=-1))
@@ -293,8 +291,6 @@ class GPT(nn.Module):
         """Set `tensor` to the initial value of parameter `name`: N(0, 0.02) for matrices and embeddings, norm
         gains 1, biases 0. GPT-2 scales each residual-stream projection (c_proj) by 1/sqrt(2 * n_layer): two
         additions per block, so the residual stream's variance stays bounded with depth."""
-        if tensor.is_meta:
-            return
         if name.endswith('bias'):
             torch.nn.init.zeros_(tensor)
         elif tensor.dim() == 1:  # norm gains
