@@ -292,7 +292,8 @@ PARALLEL_VARIANTS = [
 
 def parallel_plan(report, config, gpus, device_memory, train_args):
     """Memory per GPU of each PARALLEL_VARIANTS entry, in bf16 mixed precision, for config's batch on `gpus`
-    GPUs, and the fastest that fits, as a command with `train_args`. Per GPU, with P parameters (Pr outside the blocks, Pb in one block):
+    GPUs, and the fastest that fits, as a command with `train_args`. Per GPU, with P parameters (Pr outside the
+    blocks, Pb in one block):
       DDP    16·P (fp32 weights, gradients, AdamW's two moments) + 2·P (autocast's bf16 weight copies),
              + 4·P on more than one GPU (DDP reduces the gradients from buckets of their own), + activations
       FSDP   16·P / gpus (the same state, sharded) + 2·(Pr + 2·Pb) (the bf16 parameters gathered: the root unit,
@@ -311,7 +312,10 @@ def parallel_plan(report, config, gpus, device_memory, train_args):
     for name, options, kept, is_sharded, offload in PARALLEL_VARIANTS:
         if is_sharded and gpus == 1 and not offload:
             continue  # FSDP on one GPU shards nothing
-        state = 16 * n_params / gpus if is_sharded else 18 * n_params + (4 * n_params if gpus > 1 else 0)
+        if is_sharded:  # FSDP's fp32 shards: weights, gradients and moments, no autocast copies (mp_policy casts)
+            state = TRAIN_BYTES_PER_PARAM['fp32'] * n_params / gpus
+        else:
+            state = TRAIN_BYTES_PER_PARAM['mixed'] * n_params + (4 * n_params if gpus > 1 else 0)
         host = state if offload else 0
         total = (0 if offload else state) + (gathered + accumulated if is_sharded else 0) + activations[kept]
         rows.append({'variant': name, 'options': options, 'state': state, 'host_per_process': host,
