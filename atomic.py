@@ -69,3 +69,9 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_failed(path, e):
+    """The one-line error of a checkpoint save that failed (a full disk, no permission): nothing was replaced."""
+    return OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; free '
+                   'some disk space (or choose another --out_dir) and resume with --init_from=resume')

@@ -30,8 +30,8 @@ import checkpoint
 import dataset
 import machine
 from configurator import cli, configure
-from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
-from training import configure_optimizer, tokens_per_iter, train_step
+from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
+from training import configure_optimizer, setting_problems, tokens_per_iter, train_step
 
 BENCH_DEFAULTS = dict(
     steps=None,  # timed training steps; median and spread over them
@@ -70,17 +70,11 @@ def check_settings(cfg):
     if cfg['generate_tokens'] is not None and (cfg['generate_tokens'] < 0 or cfg['generate_tokens'] == 1):
         raise ValueError(f"generate_tokens={cfg['generate_tokens']} must be at least 2 (the first token comes "
                          'out of the prefill), or 0 to skip generation')
-    if cfg['peak_flops'] < 0:
-        raise ValueError(f"peak_flops={cfg['peak_flops']} must be positive (FLOP/s, e.g. 989e12), or 0 for the table")
     # train.py's keys that a timed step reads, in train.py's ranges
-    for key in ('seed', 'learning_rate', 'weight_decay', 'grad_clip'):
-        if cfg[key] < 0:
-            raise ValueError(f'{key}={cfg[key]} must be 0 or more' + (' (0 disables clipping)' if key == 'grad_clip' else ''))
-    for key in ('beta1', 'beta2', 'muon_momentum'):
-        if not 0 <= cfg[key] < 1:
-            raise ValueError(f'{key}={cfg[key]} must be in [0, 1), e.g. 0.9 / 0.95')
-    if cfg['optimizer'] not in ('adamw', 'muon'):
-        raise ValueError(f"optimizer={cfg['optimizer']!r} is not one of adamw, muon")
+    problems = setting_problems(cfg, ('peak_flops', 'seed', 'learning_rate', 'weight_decay', 'grad_clip', 'beta1',
+                                      'beta2', 'muon_momentum', 'optimizer'))
+    if problems:
+        raise ValueError('; '.join(problems))
 
 
 def resolve(cfg, m):
@@ -89,12 +83,12 @@ def resolve(cfg, m):
     auto = AUTO['gpu' if m.device_type == 'cuda' else 'cpu']
     if cfg['init_from'] != 'scratch':
         auto = {k: v for k, v in auto.items() if k != 'block_size'}  # the model's own context, unless given
-    data_dir = cfg['data_dir'] or os.path.join('data', cfg['dataset'])
+    data_dir = dataset.folder(cfg['dataset'], cfg['data_dir'])
     synthetic = cfg['synthetic']
     if synthetic is None:
         synthetic = not os.path.exists(os.path.join(data_dir, 'train.bin'))
-    return dict(cfg, **{k: v for k, v in auto.items() if cfg[k] is None}, synthetic=synthetic,
-                device=m.device, dtype=m.dtype, compile=m.compile)
+    return cfg.replace(**{k: v for k, v in auto.items() if cfg[k] is None}, synthetic=synthetic,
+                       device=m.device, dtype=m.dtype, compile=m.compile)
 
 
 class RandomBatches:
@@ -174,14 +168,15 @@ def time_generation(model, m, cfg):
     return prefill, decode
 
 
-def build(cfg, given, m):
+def build(cfg, m):
     """(model on the device, batches, data_dir): the model as train.py builds it (checkpoint.init_model),
     batches of the dataset's bins or, when cfg['synthetic'], of random tokens."""
-    data_dir = cfg['data_dir'] or os.path.join('data', cfg['dataset'])
-    if not cfg['synthetic']:
-        data_dir = dataset.ensure_data(cfg['dataset'], cfg['data_dir'], m.master)
+    data_dir = dataset.folder(cfg['dataset'], cfg['data_dir'])
+    if not cfg['synthetic'] and not os.path.exists(os.path.join(data_dir, 'train.bin')):
+        import corpus  # writes the bins of a built-in dataset (Tiny Shakespeare) the first time
+        corpus.prepare_missing(cfg['dataset'], data_dir, m.master)
     meta = dataset.load_meta(data_dir)  # the dataset's vocabulary, for real and random tokens alike
-    model, _ = checkpoint.init_model(cfg, given, meta)
+    model, _ = checkpoint.init_model(cfg, meta, m)
     block_size, batch_size = model.config.block_size, cfg['batch_size']
     if cfg['prompt_tokens'] > block_size:
         raise ValueError(f"prompt_tokens={cfg['prompt_tokens']} is longer than the context, block_size={block_size}")
@@ -203,25 +198,24 @@ def peak(cfg, m):
     """(peak FLOP/s or None when unknown, where it comes from); measured here on a CPU, before the timed steps."""
     if cfg['peak_flops']:
         return cfg['peak_flops'], '--peak_flops'
-    flops = machine.peak_flops(m.device, m.dtype)
+    flops = m.peak_flops
     if flops is None:
         return None, f'unknown for {machine.device_name(m.device)}: pass --peak_flops'
     return flops, 'machine.py table' if m.device_type == 'cuda' else f'measured {m.dtype} matmul'
 
 
-def bench(cfg, given, m):
-    """Run the benchmark that cfg (resolved: see resolve) describes on the Machine m; returns the results as a dict.
-    `given` is the set of keys the command line set, as train.py's."""
+def bench(cfg, m):
+    """Run the benchmark that cfg (resolved: see resolve) describes on the Machine m; returns the results as a dict."""
     torch.manual_seed(cfg['seed'])
-    model, batches, data_dir = build(cfg, given, m)
-    cfg = dict(cfg, **checkpoint.model_args(model.config, full=True))  # the model's real architecture
+    model, batches, data_dir = build(cfg, m)
+    cfg = cfg.replace(**checkpoint.model_args(model.config, full=True))  # the model's real architecture
     scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
-    optimizer = configure_optimizer(model, cfg, m.device)
+    optimizer = configure_optimizer(model, cfg, m)
     result = {
         'device': m.device, 'device_name': machine.device_name(m.device), 'torch': torch.__version__,
         'dtype': m.dtype, 'compile': m.compile, 'data': 'synthetic' if cfg['synthetic'] else data_dir,
         'params': model.get_num_params(), 'model_args': checkpoint.model_args(model.config, full=True),
-        'config': cfg,
+        'config': dict(cfg),
     }
     report(f"{result['params'] / 1e6:.2f}M parameters ({model.config.n_layer} layers, n_embd {model.config.n_embd}, "
            f"vocab {model.config.vocab_size}); {m.device} ({result['device_name']}), torch {torch.__version__}, "
@@ -231,8 +225,7 @@ def bench(cfg, given, m):
     train_model = torch.compile(model) if m.compile else model
 
     def step(iter_num):
-        return train_step(train_model, optimizer, scaler, batches, m, iter_num, cfg['gradient_accumulation_steps'],
-                          cfg['grad_clip'])
+        return train_step(train_model, optimizer, scaler, batches, iter_num, cfg, m)
 
     result['train'] = measure_training(model, step, m, cfg)
     if cfg['profile']:
@@ -295,14 +288,13 @@ def measure_generation(model, m, cfg):
 
 
 def main(argv=None):
-    given = set()
-    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE, given)
+    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
     check_settings(cfg)
-    m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'])
+    m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'], peak_flops=cfg['peak_flops'])
     if m.world_size > 1:  # under torchrun setup joined its process group: leave it
         machine.teardown()
         raise ValueError('bench.py times one process: run it with python, not torchrun')
-    return bench(resolve(cfg, m), given, m)
+    return bench(resolve(cfg, m), m)
 
 
 if __name__ == '__main__':

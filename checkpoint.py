@@ -1,128 +1,166 @@
 """
-Checkpoints: the model a run starts from (init_from), and out_dir/ckpt.pt, saved and loaded.
+Where a model comes from, and out_dir/ckpt.pt.
 
-ckpt.pt has nanoGPT's keys: model (the state dict), optimizer, model_args, iter_num, best_val_loss, config
-(the run's resolved settings); and ours: rng (the random generators of every process), scaler. For a
-GPT-2-architecture model, model_args holds nanoGPT's GPTConfig keys only, so nanoGPT's own sample.py
-reads it; a modern option (rmsnorm, rope, ...) adds its key. Loading never runs code (weights_only).
+    model, ckpt = checkpoint.init_model(cfg, meta, machine)      # train.py: init_from's model, built once
+    model, source = checkpoint.load_model('resume', 'out')        # sample.py, evaluate.py, export.py
 
-A resumed or pretrained model keeps its architecture: a config that asks for another value of any model
-field (but dropout) is an error, and block_size may only shrink (the model is cropped).
+init_from is 'scratch', 'resume' (out_dir's checkpoint: ckpt.pt, or FSDP's shards ckpt.dcp, see
+sharded_checkpoint.py) or pretrained weights (a GPT-2 name or a Hugging Face folder, see hf.py). A resumed or
+pretrained model keeps its architecture: a config that asks for another value of any model field (but dropout)
+is an error, and block_size may only shrink (the learned position table is cropped).
+
+ckpt.pt has nanoGPT's keys: model (the state dict), optimizer, model_args, iter_num, best_val_loss, config (the
+run's resolved settings); and ours: rng (the random generators of every process), scaler. For a GPT-2 model,
+model_args holds nanoGPT's GPTConfig keys only, so nanoGPT's own sample.py reads it. Loading never runs code.
 """
 
 import os
-import pickle
 import random
-import re
-import shutil
-import warnings
-from dataclasses import fields
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
 
-import parallel
-from atomic import atomic_path
+import dataset
+from atomic import atomic_path, save_failed
+from configurator import one_line
 from model import GPT, GPTConfig
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig)]
 # fields a checkpoint or pretrained model fixes; dropout may change, block_size may only shrink
 LOCKED_KEYS = [k for k in MODEL_KEYS if k not in ('dropout', 'block_size')]
 NANOGPT_KEYS = ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias')
-PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+CKPT = 'ckpt.pt'
 
 
 # ----------------------------------------------------------------------------------------------
-# the model a run starts from
+# the model a run starts from: open the source, decide the architecture, build once, load once
 
 
-def init_model(cfg, given, meta, m=None):
-    """(model, checkpoint or None) for cfg['init_from']: 'scratch', 'resume' (out_dir's checkpoint), 'gpt2*' or a
-    Hugging Face GPT-2 folder. `given` is the set of keys the user set (configurator.configure). With
-    cfg['parallel'] == 'fsdp' the model comes back sharded over the processes of the Machine `m`: built on the
-    meta device and filled shard by shard (parallel.sharded), never whole on any process but rank 0 while it
-    reads pretrained weights."""
-    init_from = cfg['init_from']
-    fsdp = cfg.get('parallel') == 'fsdp'
-    if init_from == 'scratch':
-        config = model_config(cfg, given, meta)
-        return (parallel.sharded(config, m, cfg['cpu_offload']) if fsdp else GPT(config)), None
-    if init_from == 'resume':
-        path = find(cfg['out_dir'])
+@dataclass
+class Source:
+    name: str  # for messages: 'the checkpoint', 'gpt2-xl', a folder
+    model_args: dict = None  # its architecture; None for a new model
+    ckpt: dict = None  # resume: the checkpoint (its 'model' holds the weights of a ckpt.pt)
+    weights: object = None  # pretrained: a function that reads the full state dict, under GPT's names
+
+
+def source_kind(init_from):
+    """'scratch', 'resume' or 'pretrained': the one place that says what an init_from names."""
+    if init_from in ('scratch', 'resume'):
+        return init_from
+    import hf  # only runs that start from pretrained weights read Hugging Face files
+    if hf.is_pretrained(init_from):
+        return 'pretrained'
+    raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(hf.PRETRAINED)}, "
+                     'or a folder holding a Hugging Face GPT-2 checkpoint')
+
+
+@contextmanager
+def master_first(machine):
+    """Rank 0 runs the block first (a download fills the cache), then the other processes."""
+    parallel = machine is not None and machine.world_size > 1
+    if parallel and not machine.master:
+        dist.barrier()
+    yield
+    if parallel and machine.master:
+        dist.barrier()
+
+
+def open_source(init_from, out_dir):
+    """The Source of init_from: its architecture, and its weights when asked for (pretrained ones are read, and
+    downloaded, only then)."""
+    kind = source_kind(init_from)
+    if kind == 'scratch':
+        return Source('a new model')
+    if kind == 'resume':
+        path = require_checkpoint(out_dir)
         ckpt = load(path)
-        config = model_config(cfg, given, meta, ckpt['model_args'], 'the checkpoint')
-        if 'sharded' in ckpt and config.block_size < ckpt['model_args']['block_size']:
-            raise ValueError(f'block_size={config.block_size} would crop the model of the sharded checkpoint {path}: '
-                             'a sharded checkpoint resumes at its own block_size; drop --block_size')
-        if fsdp:
-            model = parallel.sharded(config, m, cfg['cpu_offload'], empty='sharded' in ckpt,
-                                     state_dict=None if 'sharded' in ckpt else cropped(ckpt['model'], config))
-            if 'sharded' in ckpt:
-                load_sharded_model(ckpt, model)
-            return model, ckpt
-        model = model_from(ckpt, dropout=cfg['dropout'], source=path)
-    elif init_from in PRETRAINED or os.path.isdir(init_from):
-        import hf
-        ckpt = None
-        if fsdp and not m.master:  # rank 0 reads the weights and sends each process its shard
-            dist.barrier()  # rank 0 downloads first; the others read the files from the cache
-            config = model_config(cfg, given, meta, model_args(hf.read_gpt2_config(hf.hf_gpt2_files(init_from)[0])),
-                                  init_from)
-            return parallel.sharded(config, m, cfg['cpu_offload'], from_rank0=True), None
-        model = hf.load_gpt2(init_from, dropout=cfg['dropout'])
-        config = model_config(cfg, given, meta, model_args(model.config), init_from)
-        if fsdp:
-            dist.barrier()
-            return parallel.sharded(config, m, cfg['cpu_offload'], from_rank0=True,
-                                    state_dict=cropped(model.state_dict(), config)), None
-    else:
-        raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(PRETRAINED)}, "
-                         'or a folder holding a Hugging Face GPT-2 checkpoint')
-    if config.block_size < model.config.block_size:
-        model.crop_block_size(config.block_size)
-    return model, ckpt
+        return Source('the checkpoint', ckpt['model_args'], ckpt)
+    import hf
+    return Source(init_from, hf.gpt2_args(init_from), weights=lambda: hf.gpt2_state_dict(hf.gpt2_weight_files(init_from)))
 
 
-def cropped(state_dict, config):
-    """A full state dict with its learned position table cut to config.block_size (GPT.crop_block_size's cut)."""
-    if 'transformer.wpe.weight' in state_dict:
-        state_dict = dict(state_dict)
-        state_dict['transformer.wpe.weight'] = state_dict['transformer.wpe.weight'][:config.block_size]
-    return state_dict
+def init_model(cfg, meta, machine):
+    """(model, checkpoint or None) for cfg.init_from, built once: on this process, or with cfg.parallel == 'fsdp'
+    sharded over the processes (built on the meta device and filled shard by shard, never whole on any process
+    but rank 0 while it reads pretrained weights)."""
+    source = open_source(cfg['init_from'], cfg['out_dir'])
+    config = architecture(cfg, meta, source)
+    if cfg['parallel'] != 'fsdp':
+        model = GPT(config)  # a new model's initialization is drawn here
+        if source.model_args is not None:
+            with master_first(machine):  # rank 0 downloads pretrained weights, the others then read the cache
+                load_weights(model, source)
+        return model, source.ckpt
+    import parallel
+    model = parallel.sharded(config, machine, cfg['cpu_offload'])
+    if source.model_args is None:
+        parallel.init_shards(model, machine)
+    elif 'sharded' in (source.ckpt or {}):
+        load_weights(model, source)  # each process reads its part of the shards
+    else:  # a full state dict: every process reads a ckpt.pt; rank 0 alone reads pretrained weights and sends them
+        from_rank0 = source.ckpt is None
+        parallel.load_full(model, checked_weights(model, source) if machine.master or not from_rank0 else {},
+                           from_rank0)
+    return model, source.ckpt
 
 
-def model_config(cfg, given, meta, source_args=None, source=''):
-    """The GPTConfig of the run: cfg's model keys for a new model; else the architecture of `source` (a
-    checkpoint's or a pretrained model's model_args), with cfg's dropout and, if given, a smaller block_size."""
-    if source_args is None:
-        args = {k: cfg[k] for k in MODEL_KEYS}
-        args['vocab_size'] = vocab_size_for(cfg['vocab_size'], meta)
-        return GPTConfig(**args)
-    has = model_args(GPTConfig(**source_args), full=True)
+def load_model(init_from, out_dir='out'):
+    """(model, source): the model of a checkpoint or of pretrained weights exactly as saved, for sampling,
+    evaluating or exporting, and where it came from (tokenizer_for reads what it was trained on)."""
+    source = open_source(init_from, out_dir)
+    if source.model_args is None:
+        raise ValueError("init_from='scratch' has no weights to use: give 'resume' (with --out_dir), a GPT-2 name "
+                         'or a Hugging Face folder')
+    model = GPT(GPTConfig(**source.model_args))
+    load_weights(model, source)
+    return model, source
+
+
+def tokenizer_for(model, source, data_dir=''):
+    """The tokenizer of data_dir, else of the data the source was trained on, else GPT-2's BPE."""
+    trained = (source.ckpt or {}).get('config') or {}
+    if not data_dir and (trained.get('data_dir') or trained.get('dataset')):
+        data_dir = dataset.folder(trained.get('dataset'), trained.get('data_dir'))
+    tokenizer = dataset.Tokenizer(dataset.load_meta(data_dir) if data_dir else None)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
+                         f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')
+    return tokenizer
+
+
+def architecture(cfg, meta, source):
+    """The GPTConfig of the run: cfg's model keys for a new model; else the architecture of the source, with
+    cfg's dropout and, if the command line gave one, a smaller block_size."""
+    if source.model_args is None:
+        return GPTConfig(**dict({k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size_for(cfg['vocab_size'], meta)))
+    has = model_args(GPTConfig(**source.model_args), full=True)
+    given = getattr(cfg, 'given', ())
     for key in LOCKED_KEYS:
         if key in given and cfg[key] != has[key] and not (cfg[key] is None and key in ('d_ff', 'n_kv_head')):
-            raise ValueError(f'{key}={cfg[key]!r} was asked for, but {source} has {key}={has[key]!r}: the '
-                             f'architecture of {source} cannot change; drop --{key} or start with --init_from=scratch')
+            raise ValueError(f'{key}={cfg[key]!r} was asked for, but {source.name} has {key}={has[key]!r}: its '
+                             f'architecture cannot change; drop --{key} or start with --init_from=scratch')
     block_size = has['block_size']
-    if 'block_size' in given:
+    if 'block_size' in given and cfg['block_size'] != block_size:
         if cfg['block_size'] > block_size:
-            raise ValueError(f"block_size={cfg['block_size']} is larger than the {block_size} of {source}: "
+            raise ValueError(f"block_size={cfg['block_size']} is larger than the {block_size} of {source.name}: "
                              'a context can be cropped, not grown')
+        if 'sharded' in (source.ckpt or {}):
+            raise ValueError(f"block_size={cfg['block_size']} would crop the model of the sharded checkpoint "
+                             f'{source.name}: a sharded checkpoint resumes at its own block_size; drop --block_size')
         block_size = cfg['block_size']
     if meta and meta['vocab_size'] > has['vocab_size']:
         raise ValueError(f"the dataset's vocabulary ({meta['vocab_size']} tokens) does not fit the vocab_size="
-                         f"{has['vocab_size']} of {source}: train on data made with the model's tokenizer")
+                         f"{has['vocab_size']} of {source.name}: train on data made with the model's tokenizer")
     return GPTConfig(**dict(has, dropout=cfg['dropout'], block_size=block_size))
 
 
 def vocab_size_for(vocab_size, meta):
-    """A new model's vocabulary: as asked, else the dataset's (BPE vocabularies padded to a multiple of 64
-    for faster matmuls, as GPT-2's 50257 -> 50304), else GPT-2's padded 50304."""
+    """A new model's vocabulary: as asked, else the dataset's (BPE vocabularies padded as GPT-2's 50257 to 50304,
+    dataset.padded_vocab), else GPT-2's padded 50304."""
     if meta is None:
         return vocab_size or 50304
     needed = meta['vocab_size']
@@ -131,7 +169,7 @@ def vocab_size_for(vocab_size, meta):
             raise ValueError(f"vocab_size={vocab_size} is smaller than the dataset's {needed} tokens: "
                              'drop --vocab_size to take it from meta.pkl')
         return vocab_size
-    return needed if meta['tokenizer'] == 'char' else -(-needed // 64) * 64
+    return needed if meta['tokenizer'] == 'char' else dataset.padded_vocab(needed)
 
 
 def model_args(config, full=False):
@@ -144,26 +182,55 @@ def model_args(config, full=False):
     return {k: v for k, v in args.items() if k in NANOGPT_KEYS or v != implied[k]}
 
 
+def checked_weights(model, source):
+    """The source's full state dict, its position table cropped to the model's block_size (the one crop rule), after
+    checking that it holds exactly the model's tensors: one line listing what is missing, unexpected or misshaped."""
+    weights = source.ckpt['model'] if source.ckpt else source.weights()
+    if 'transformer.wpe.weight' in weights:
+        weights = dict(weights, **{'transformer.wpe.weight': weights['transformer.wpe.weight'][:model.config.block_size]})
+    if model.config.tie_embeddings and 'transformer.wte.weight' in weights:  # lm_head is wte
+        weights = dict(weights, **{'lm_head.weight': weights['transformer.wte.weight']})
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    problems = {
+        'missing': sorted(set(expected) - set(weights)),
+        'unexpected': sorted(set(weights) - set(expected)),
+        'wrongly shaped': [f'{k} {tuple(v.shape)} (expected {tuple(expected[k])})' for k, v in sorted(weights.items())
+                           if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k])],
+    }
+    if any(problems.values()):
+        listed = '; '.join(f"{what}: {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"
+                           for what, keys in problems.items() if keys)
+        raise ValueError(f'the weights in {source.name} do not match its architecture ({listed}): the files were '
+                         'edited, truncated or written by another program')
+    return weights
+
+
+def load_weights(model, source):
+    """The source's weights into a model built on this process (whole)."""
+    if 'sharded' in (source.ckpt or {}):
+        import sharded_checkpoint
+        sharded_checkpoint.load_model(source.ckpt, model)
+    else:
+        model.load_state_dict(checked_weights(model, source))
+
+
 # ----------------------------------------------------------------------------------------------
-# save and load
+# out_dir's checkpoint, saved and loaded
 
 
-CKPT, SHARDED, TRAIN_STATE = 'ckpt.pt', 'ckpt.dcp', 'train_state.pt'
-
-
-def latest(out_dir):
+def find_checkpoint(out_dir):
     """out_dir's checkpoint: out_dir/ckpt.pt (one file: DDP or one process) or out_dir/ckpt.dcp (a folder of shards:
     FSDP), None if neither. Both exist only when a save in one format was killed before it removed the older
     checkpoint of the other: the later iteration wins."""
-    found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, SHARDED)) if os.path.exists(p)]
+    found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, 'ckpt.dcp')) if os.path.exists(p)]
     if len(found) == 2:
         return max(found, key=lambda path: load(path)['iter_num'])
     return found[0] if found else None
 
 
-def find(out_dir):
-    """latest(out_dir), or a FileNotFoundError that says how to make one."""
-    path = latest(out_dir)
+def require_checkpoint(out_dir):
+    """find_checkpoint(out_dir), or a FileNotFoundError that says how to make one."""
+    path = find_checkpoint(out_dir)
     if path is None:
         raise FileNotFoundError(f'no checkpoint at {os.path.join(out_dir, CKPT)} (nor the shards of an FSDP run, '
                                 'ckpt.dcp): train one with `python train.py ...`, or check --out_dir')
@@ -176,104 +243,30 @@ def save(checkpoint, path):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
     except OSError as e:
-        raise disk_error(path, e) from None
-
-
-def disk_error(path, e):
-    return OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; free '
-                   'some disk space (or choose another --out_dir) and resume with --init_from=resume')
-
-
-def save_sharded(model, optimizer, state, out_dir, m):
-    """Save an FSDP run as out_dir/ckpt.dcp/iter_N/, whole or not at all (every process takes part): each process
-    writes its shards of the model and the optimizer state (torch.distributed.checkpoint), rank 0 the rest
-    (`state`: model_args, iteration, RNG states, ...) to train_state.pt; then rank 0 points ckpt.dcp/latest at
-    it with one atomic write and removes the previous checkpoint (and a ckpt.pt this run resumed from). Killed
-    at any moment, `latest` names a complete checkpoint."""
-    root = os.path.join(out_dir, SHARDED)
-    name = f"iter_{state['iter_num']:07d}"
-    path = os.path.join(root, name)
-    if m.master:
-        os.makedirs(root, exist_ok=True)
-        if os.path.isdir(path):
-            shutil.rmtree(path)  # left by a save that was killed before it was complete
-    dist.barrier()
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    try:
-        dcp.save({'model': model_state, 'optimizer': optimizer_state['state']}, checkpoint_id=path)
-        if m.master:
-            save(dict(state, optimizer_groups=optimizer_state['param_groups']), os.path.join(path, TRAIN_STATE))
-            with atomic_path(os.path.join(root, 'latest')) as tmp, open(tmp, 'w') as f:
-                f.write(name + '\n')
-    except OSError as e:
-        raise disk_error(root, e) from None
-    if m.master:
-        for other in os.listdir(root):
-            if other.startswith('iter_') and other != name:
-                shutil.rmtree(os.path.join(root, other))
-        if os.path.exists(os.path.join(out_dir, CKPT)):
-            os.remove(os.path.join(out_dir, CKPT))  # the older checkpoint this run started from
-    dist.barrier()
-
-
-def remove_sharded(out_dir):
-    """Remove out_dir/ckpt.dcp once a newer ckpt.pt is complete (a run that changed from FSDP to DDP)."""
-    if os.path.isdir(os.path.join(out_dir, SHARDED)):
-        shutil.rmtree(os.path.join(out_dir, SHARDED))
+        raise save_failed(path, e) from None
 
 
 def load(path, map_location='cpu'):
     """A checkpoint of this project or of nanoGPT, loaded safely (nothing in it can run code) and checked: a
     ValueError says what is wrong with a file that is damaged or was not written by train.py. `path` is a ckpt.pt
-    or a ckpt.dcp folder; of the latter only train_state.pt is read, with 'sharded' set to the folder of the
-    shards (load_sharded_model and load_optimizer read them)."""
+    or a ckpt.dcp folder, of which only the train state is read (see sharded_checkpoint.load_train_state)."""
     if os.path.isdir(path):
-        return load_train_state(path)
-    if not os.path.isfile(path):
+        import sharded_checkpoint
+        ckpt = sharded_checkpoint.load_train_state(path)
+    elif not os.path.isfile(path):
         raise FileNotFoundError(f'no checkpoint at {path}: train one with `python train.py ...` '
                                 f'(it writes out_dir/ckpt.pt), or check --out_dir')
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as e:
-        reason = one_line(e)
-        raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}); it may be from an interrupted '
-                         'copy: restore it, or start again with --init_from=scratch') from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-        raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
+    else:
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f'checkpoint {path} is unreadable or corrupt ({one_line(e)}); it may be from an '
+                             'interrupted copy: restore it, or start again with --init_from=scratch') from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+            raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
+        ckpt['model'] = clean_state_dict(ckpt['model'])
     check_model_args(ckpt, path)
-    ckpt['model'] = clean_state_dict(ckpt['model'])
     return ckpt
-
-
-def load_train_state(root):
-    """A sharded checkpoint's train_state.pt (everything but the tensors of the model and the optimizer)."""
-    try:
-        with open(os.path.join(root, 'latest')) as f:
-            name = f.read().strip()
-    except OSError:
-        raise ValueError(f'{root} has no readable `latest` file: its first save was interrupted, or it was copied '
-                         'incompletely; restore it, or start again with --init_from=scratch') from None
-    path = os.path.join(root, name)
-    if not re.fullmatch(r'iter_\d+', name) or not os.path.isfile(os.path.join(path, '.metadata')):
-        raise ValueError(f'{root}/latest names {name!r}, which is not a complete checkpoint in {root}: '
-                         'restore the folder, or start again with --init_from=scratch')
-    ShardReader(path).read_metadata()  # the index is checked before anything else reads it
-    try:
-        ckpt = torch.load(os.path.join(path, TRAIN_STATE), map_location='cpu', weights_only=True)
-    except Exception as e:
-        reason = one_line(e)
-        raise ValueError(f'checkpoint {path} is unreadable or corrupt ({reason}): restore it, or start again '
-                         'with --init_from=scratch') from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f'{path}/{TRAIN_STATE} was not written by train.py')
-    check_model_args(ckpt, path)
-    ckpt['sharded'] = path
-    return ckpt
-
-
-def one_line(e, limit=200):
-    """An exception as one line of at most `limit` characters, for the error that explains it."""
-    return ' '.join(f'{type(e).__name__}: {e}'.split())[:limit]
 
 
 def check_model_args(ckpt, path):
@@ -289,85 +282,6 @@ def check_model_args(ckpt, path):
         raise ValueError(f'checkpoint {path} has invalid model_args: {e}') from None
 
 
-class ShardReader(dcp.FileSystemReader):
-    """torch.distributed.checkpoint's reader, but its index (.metadata, a pickle) is read by an unpickler that
-    builds only the index's own classes: a planted .metadata cannot run code. Checkpoints with pickled
-    (non-tensor) values are refused: DCP would unpickle them without restriction; train.py writes none."""
-
-    def read_metadata(self, *args, **kwargs):
-        path = os.path.join(self.path, '.metadata')
-        try:
-            with open(path, 'rb') as f:
-                metadata = IndexUnpickler(f).load()
-        except Exception as e:
-            reason = one_line(e)
-            raise ValueError(f'{path} is not the index of a checkpoint train.py wrote ({reason})') from None
-        if any(isinstance(item, BytesStorageMetadata) for item in metadata.state_dict_metadata.values()):
-            raise ValueError(f'{path} lists pickled values: not a checkpoint train.py wrote')
-        metadata.storage_meta = metadata.storage_meta or StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class IndexUnpickler(pickle.Unpickler):
-    """Unpickles the classes of a DCP index and nothing else."""
-    ALLOWED = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
-               ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('collections', 'OrderedDict'),
-               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED or module == 'torch.distributed.checkpoint.metadata' or (
-                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f'{module}.{name} is not part of a checkpoint index')
-
-
-def read_shards(state, ckpt):
-    """Fill the tensors of `state` from the sharded checkpoint, under torchrun or in one plain process."""
-    try:
-        with warnings.catch_warnings():  # one process without torchrun is the intent, not an accident
-            warnings.filterwarnings('ignore', message='torch.distributed is disabled')
-            dcp.load(state, storage_reader=ShardReader(ckpt['sharded']), no_dist=not dist.is_initialized())
-    except dcp.api.CheckpointException as e:
-        failure = next(iter(e.failures.values()))  # (exception, traceback) of one process
-        failure = failure[0] if isinstance(failure, tuple) else failure
-        reason = one_line(failure, 300)
-        raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged ({reason}): "
-                         'restore the folder, or start again with --init_from=scratch') from None
-
-
-def load_sharded_model(ckpt, model):
-    """Read a sharded checkpoint's weights into `model`, sharded or whole, on any number of processes (or one
-    without torchrun): torch.distributed.checkpoint reads each process's part of every tensor, whatever parts
-    the saving processes held."""
-    state = get_model_state_dict(model)
-    read_shards({'model': state}, ckpt)
-    set_model_state_dict(model, state)
-
-
-def load_optimizer(ckpt, model, optimizer):
-    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
-    if 'sharded' in ckpt:
-        _, state = get_state_dict(model, optimizer)  # fills a fresh optimizer's state, to be overwritten
-        read_shards({'optimizer': state['state']}, ckpt)
-        set_optimizer_state_dict(model, optimizer, {'state': state['state'], 'param_groups': ckpt['optimizer_groups']})
-    elif parallel.is_sharded(model):
-        set_optimizer_state_dict(model, optimizer, keyed_by_name(ckpt['optimizer'], model, optimizer),
-                                 options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(ckpt['optimizer'])
-
-
-def keyed_by_name(optimizer_state, model, optimizer):
-    """torch's optimizer state dict, whose parameters are numbers (their order in the param groups), with the
-    parameters' names instead, as torch.distributed.checkpoint's state dict functions take it. The numbers are
-    those of `optimizer`: train.py builds its param groups the same way on every run."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group['params']]
-    return {'state': {order[i]: s for i, s in optimizer_state['state'].items()},
-            'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in optimizer_state['param_groups']]}
-
-
 def clean_state_dict(state_dict):
     """Undo what torch.compile adds to names (`_orig_mod.`) and drop the causal-mask buffers
     (`attn.bias`) that nanoGPT saved when flash attention was unavailable."""
@@ -375,29 +289,13 @@ def clean_state_dict(state_dict):
             if not k.replace('_orig_mod.', '').endswith('.attn.bias')}
 
 
-def model_from(ckpt, dropout=None, source='the checkpoint'):
-    """The GPT a checkpoint holds, with its exact architecture (optionally another dropout). `source` names the
-    file in errors."""
-    args = dict(ckpt['model_args'])
-    if dropout is not None:
-        args['dropout'] = dropout
-    model = GPT(GPTConfig(**args))
-    if 'sharded' in ckpt:
-        load_sharded_model(ckpt, model)
-        return model
-    expected, weights = model.state_dict(), ckpt['model']
-    problems = {
-        'missing': sorted(set(expected) - set(weights)),
-        'unexpected': sorted(set(weights) - set(expected)),
-        'wrongly shaped': [f'{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})' for k, v in weights.items()
-                           if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)],
-    }
-    if any(problems.values()):
-        listed = '; '.join(f"{what} {keys[:5]}" for what, keys in problems.items() if keys)
-        raise ValueError(f'the weights in {source} do not match its model_args: {listed}; the file was edited '
-                         'or written by another program')
-    model.load_state_dict(weights)
-    return model
+def load_optimizer(ckpt, model, optimizer):
+    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
+    if 'sharded' in ckpt or not isinstance(model, GPT):  # an FSDP model, or shards to read
+        import sharded_checkpoint
+        sharded_checkpoint.load_optimizer(ckpt, model, optimizer)
+    else:
+        optimizer.load_state_dict(ckpt['optimizer'])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,12 +303,13 @@ def model_from(ckpt, dropout=None, source='the checkpoint'):
 
 
 def rng_state():
-    """Every random generator this process draws from, in types torch.load(weights_only=True) accepts."""
+    """Every random generator this process draws from, in types torch.load(weights_only=True) accepts: its own
+    GPU's only (another process count or fewer visible GPUs must still resume)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
     return {
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
                   'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
         'python': {'version': version, 'state': list(state), 'gauss': gauss},
@@ -419,8 +318,12 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    cuda = state.get('cuda')
+    if isinstance(cuda, list):  # older checkpoints: every visible GPU's; this process's own is at its index
+        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and \
+            torch.cuda.current_device() < len(cuda) else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     n = state['numpy']
     np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     p = state['python']
@@ -434,31 +337,3 @@ def all_rng_states(world_size):
     states = [None] * world_size
     dist.all_gather_object(states, rng_state())
     return states
-
-
-# ----------------------------------------------------------------------------------------------
-# a model to sample from, with its tokenizer
-
-
-def load_for_sampling(init_from, out_dir, data_dir=''):
-    """(model, tokenizer) for init_from: 'resume' (out_dir's ckpt.pt or ckpt.dcp; the tokenizer of data_dir, else of the data
-    it was trained on), 'gpt2*' or a Hugging Face GPT-2 folder (GPT-2's BPE, unless data_dir says otherwise)."""
-    import dataset
-    if init_from == 'resume':
-        path = find(out_dir)
-        ckpt = load(path)
-        model = model_from(ckpt, source=path)
-        train_cfg = ckpt.get('config') or {}
-        data_dir = data_dir or train_cfg.get('data_dir') or (
-            os.path.join('data', train_cfg['dataset']) if train_cfg.get('dataset') else '')
-    elif init_from in PRETRAINED or os.path.isdir(init_from):
-        import hf
-        model = hf.load_gpt2(init_from)
-    else:
-        raise ValueError(f"init_from={init_from!r} is not 'resume', one of {', '.join(PRETRAINED)}, "
-                         'or a folder holding a Hugging Face GPT-2 checkpoint')
-    tokenizer = dataset.Tokenizer(dataset.load_meta(data_dir) if data_dir else None)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
-                         f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')
-    return model, tokenizer

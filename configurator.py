@@ -15,20 +15,55 @@ import difflib
 import os
 import sys
 import types
+from collections.abc import Mapping
 
 
 class ConfigError(ValueError):
     pass
 
 
-def configure(defaults, argv, types_of_none=None, given=None):
-    """Return a copy of `defaults` updated by argv (config file paths and --key=value).
+class Config(Mapping):
+    """A script's settings, read-only: cfg.batch_size (or cfg['batch_size']). `given` is the set of keys the
+    command line set, by a config file or an override: what a checkpoint's own values must give way to."""
+
+    def __init__(self, values, given=()):
+        object.__setattr__(self, '_values', dict(values))
+        object.__setattr__(self, 'given', frozenset(given))
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __getattr__(self, key):
+        if key.startswith('_'):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f'no setting {key!r}') from None
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f'settings are read-only: cfg.replace({key}=...) makes a changed copy')
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __repr__(self):
+        return f'Config({self._values!r})'
+
+    def replace(self, **changes):
+        return Config(dict(self._values, **changes), self.given)
+
+
+def configure(defaults, argv, types_of_none=None):
+    """A Config: `defaults` updated by argv (config file paths and --key=value), in order.
     The type of each key is the type of its default; for keys whose default is None,
-    types_of_none gives it ({'d_ff': int}). The keys in types_of_none also accept None.
-    The keys that argv sets, by a file or an override, are added to the set `given` if one is passed."""
+    types_of_none gives it ({'d_ff': int}). The keys in types_of_none also accept None."""
     config = dict(defaults)
     types_of_none = types_of_none or {}
-    given = set() if given is None else given
+    given = set()
     for arg in argv:
         if arg in ('-h', '--help'):
             print(usage(defaults))
@@ -49,7 +84,7 @@ def configure(defaults, argv, types_of_none=None, given=None):
             for key, value in read_config_file(arg, config).items():
                 config[key] = check(defaults, key, value, arg, types_of_none)
                 given.add(key)
-    return config
+    return Config(config, given)
 
 
 def read_config_file(path, config):
@@ -95,6 +130,11 @@ def usage(defaults):
     lines = ['usage: python SCRIPT.py [config/FILE.py ...] [--key=value ...]', '', 'keys and their defaults:']
     lines += [f'  --{k}={v!r}' for k, v in defaults.items()]
     return '\n'.join(lines)
+
+
+def one_line(e, limit=200):
+    """An exception as one line of at most `limit` characters, for the error message that explains it."""
+    return ' '.join(f'{type(e).__name__}: {e}'.split())[:limit]
 
 
 def cli(main):

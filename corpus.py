@@ -544,6 +544,20 @@ def download_parquet(repo, folder, n_files=None):
     return paths
 
 
+def prepare_missing(dataset, data_dir, master_process=True):
+    """Prepare a built-in dataset whose bins are missing from data_dir (on the master process; the others wait)."""
+    import torch.distributed as dist
+    if dataset not in BUILTIN_TOKENIZERS:
+        raise FileNotFoundError(f'no training data at {data_dir}/train.bin: prepare it first with '
+                                f'`python data/{dataset}/prepare.py` (or `python prepare.py YOUR_TEXTS '
+                                f'--name={dataset}` for your own corpus)')
+    if master_process:
+        print(f'{data_dir}/train.bin is missing: preparing {dataset} first')
+        prepare_builtin(dataset, data_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def prepare_builtin(name, data_dir, input=None):
     """Prepare data/shakespeare_char or data/shakespeare into data_dir as its script does: Tiny
     Shakespeare (input, else data_dir/input.txt, downloaded when absent), 90/10 split."""

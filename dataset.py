@@ -66,6 +66,16 @@ def meta_problems(meta):
     return out
 
 
+def folder(dataset, data_dir=''):
+    """A dataset's folder: data_dir, else data/<dataset>."""
+    return data_dir or os.path.join('data', dataset)
+
+
+def padded_vocab(n, multiple=64):
+    """n rounded up to a multiple of 64: GPT-2's 50257 becomes 50304, whose matmuls are faster."""
+    return -(-n // multiple) * multiple
+
+
 def token_dtype(meta):
     return np.dtype(meta['dtype'] if meta else 'uint16')
 
@@ -128,25 +138,6 @@ class Batches:
         if self.device.startswith('cuda'):
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
-
-
-def ensure_data(dataset, data_dir, master_process=True):
-    """The dataset's folder (data_dir, or data/<dataset>), preparing the small built-in datasets when their
-    bins are missing (on the master process; the others wait for it)."""
-    import torch.distributed as dist
-    data_dir = data_dir or os.path.join('data', dataset)
-    if not os.path.exists(os.path.join(data_dir, 'train.bin')):
-        import corpus
-        if dataset not in corpus.BUILTIN_TOKENIZERS:
-            raise FileNotFoundError(f'no training data at {data_dir}/train.bin: prepare it first with '
-                                    f'`python data/{dataset}/prepare.py` (or `python prepare.py YOUR_TEXTS '
-                                    f'--name={dataset}` for your own corpus)')
-        if master_process:
-            print(f'{data_dir}/train.bin is missing: preparing {dataset} first')
-            corpus.prepare_builtin(dataset, data_dir)
-        if dist.is_initialized():
-            dist.barrier()
-    return data_dir
 
 
 class Tokenizer:

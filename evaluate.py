@@ -14,7 +14,7 @@ import time
 
 import checkpoint
 import hellaswag
-import machine
+import machine as machines
 from configurator import cli, configure
 
 DEFAULTS = dict(
@@ -42,30 +42,34 @@ def check_options(cfg):
 def main(argv=None):
     cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
     check_options(cfg)
-    m = machine.setup(cfg['device'], cfg['dtype'], compile=False)  # varying lengths would recompile at every example
+    # compile=False: examples of varying lengths would recompile at every one
+    machine = machines.setup(cfg['device'], cfg['dtype'], compile=False)
     try:
-        result = run(cfg, m)
+        result = run(cfg, machine)
     except BaseException:
-        machine.teardown(finished=False)
+        machines.teardown(finished=False)
         raise
-    machine.teardown()
+    machines.teardown()
     return result
 
 
-def run(cfg, m):
-    model, tokenizer = checkpoint.load_for_sampling(cfg['init_from'], cfg['out_dir'], cfg['data_dir'])
+def run(cfg, machine):
+    with checkpoint.master_first(machine):  # rank 0 downloads pretrained weights, the others read the cache
+        model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
     hellaswag.check_tokenizer(tokenizer)  # before the download
-    examples = hellaswag.load_examples(cfg['data'] or None, cfg['max_examples'])
-    model.to(m.device)
+    with checkpoint.master_first(machine):
+        examples = hellaswag.load_examples(cfg['data'] or None, cfg['max_examples'])
+    model.to(machine.device)
     t0 = time.time()
-    result = hellaswag.evaluate(model, tokenizer, examples, m, progress=True)
-    if m.master:
+    result = hellaswag.evaluate(model, tokenizer, examples, machine, progress=True)
+    if machine.master:
         if cfg['json']:
-            print(json.dumps(dict(result, task=cfg['task'], init_from=cfg['init_from'], device=m.device,
-                                  dtype=m.dtype)))
+            print(json.dumps(dict(result, task=cfg['task'], init_from=cfg['init_from'], device=machine.device,
+                                  dtype=machine.dtype)))
         else:
             print(f"{cfg['task']}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} over {result['n']} "
-                  f"examples ({cfg['init_from']}, {m.device}, {m.dtype}, {time.time() - t0:.0f}s)")
+                  f"examples ({cfg['init_from']}, {machine.device}, {machine.dtype}, {time.time() - t0:.0f}s)")
     return result
 
 

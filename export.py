@@ -30,8 +30,7 @@ def main():
     if not config['to']:
         raise ValueError('say where to write the Hugging Face folder: --to=FOLDER, '
                          'e.g. python export.py --out_dir=out --to=hf/')
-    path = checkpoint.find(config['out_dir'])
-    model = checkpoint.model_from(checkpoint.load(path), source=path)
+    model, _ = checkpoint.load_model('resume', config['out_dir'])
     layout = export_hf(model, config['to'], config['force'])
     arch = {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM'}[layout]
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "

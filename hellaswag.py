@@ -5,7 +5,7 @@ for each of its 4 endings; the model's cross-entropy on the ending tokens only; 
 lowest summed loss, acc_norm the one with the lowest mean loss per token.
 
     examples = hellaswag.load_examples()                     # the 10,042 validation examples, downloaded once
-    hellaswag.evaluate(model, tokenizer, examples, m)        # {'acc': ..., 'acc_norm': ..., 'n': 10042}
+    hellaswag.evaluate(model, tokenizer, examples, machine)  # {'acc': ..., 'acc_norm': ..., 'n': 10042}
 
 The data is hellaswag_val.jsonl from the authors' repository, cached in $HELLASWAG_CACHE (default
 ~/.cache/nanogpt/hellaswag). Under torchrun each process scores every world_size-th example and the counts
@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import parallel
+from training import my_share
 from atomic import atomic_path
 
 DATA_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
@@ -129,20 +129,20 @@ def ending_losses(model, tokens, mask):
 
 
 @torch.no_grad()
-def score(model, tokenizer, examples, m, rank=0, world_size=1, progress=False):
+def score(model, tokenizer, examples, machine, rank=0, world_size=1, progress=False):
     """(n, n_correct, n_correct_norm) over this process's share of the examples, those k with
-    k % world_size == rank, each one forward pass of a batch of its 4 endings on m.device under m's autocast.
+    k % world_size == rank, each one forward pass of a batch of its 4 endings on the machine's device and autocast.
     `model` is the plain GPT (not a DDP wrapper); its train/eval mode is restored afterwards."""
     check_tokenizer(tokenizer)
     was_training = model.training
     model.eval()
     n = n_correct = n_correct_norm = 0
-    share = parallel.my_share(len(examples), rank, world_size, model)
+    share = my_share(len(examples), rank, world_size, model)
     for k in tqdm(share, desc='hellaswag', disable=not progress, unit='example'):
         example = examples[min(k, len(examples) - 1)]
         tokens, mask = render(example, tokenizer, model.config.block_size)
-        with m.autocast():
-            summed, mean = ending_losses(model, tokens.to(m.device), mask.to(m.device))
+        with machine.autocast():
+            summed, mean = ending_losses(model, tokens.to(machine.device), mask.to(machine.device))
         if k >= len(examples):
             continue
         n += 1
@@ -152,12 +152,13 @@ def score(model, tokenizer, examples, m, rank=0, world_size=1, progress=False):
     return n, n_correct, n_correct_norm
 
 
-def evaluate(model, tokenizer, examples, m, progress=False):
+def evaluate(model, tokenizer, examples, machine, progress=False):
     """{'acc', 'acc_norm', 'n'} over all the examples, shared between torchrun's processes (every process must
     call it: the counts are summed across them); a progress bar on the master process if progress."""
-    counts = score(model, tokenizer, examples, m, m.rank, m.world_size, progress=progress and m.master)
-    if m.world_size > 1:
-        counts = torch.tensor(counts, dtype=torch.long, device=m.device)
+    counts = score(model, tokenizer, examples, machine, machine.rank, machine.world_size,
+                   progress=progress and machine.master)
+    if machine.world_size > 1:
+        counts = torch.tensor(counts, dtype=torch.long, device=machine.device)
         dist.all_reduce(counts)
         counts = counts.tolist()
     n, n_correct, n_correct_norm = counts

@@ -1,11 +1,11 @@
 """
 Hugging Face in both directions: OpenAI's GPT-2 and Hugging Face GPT-2 folders read into a GPT
-(load_gpt2), and a GPT written as a Hugging Face folder that transformers loads (export_hf):
-GPT2LMHeadModel for GPT-2-architecture models, LlamaForCausalLM for Llama-style ones.
+(gpt2_args, gpt2_weight_files, gpt2_state_dict), and a GPT written as a Hugging Face folder that transformers loads
+(export_hf): GPT2LMHeadModel for GPT-2-architecture models, LlamaForCausalLM for Llama-style ones.
 
-    model = hf.load_gpt2('gpt2')               # downloads from the hub, or reads its cache
-    model = hf.load_gpt2('path/to/hf_folder')
-    hf.export_hf(model, 'hf/')                 # config.json + model.safetensors
+    args = hf.gpt2_args('gpt2')                                      # GPTConfig's arguments
+    weights = hf.gpt2_state_dict(hf.gpt2_weight_files('gpt2'))       # downloads from the hub, or reads its cache
+    hf.export_hf(model, 'hf/')                                       # config.json + model.safetensors
 """
 
 import contextlib
@@ -17,7 +17,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from atomic import atomic_path
-from model import GPT, GPTConfig
+from configurator import one_line, read_config_file
 
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 
@@ -25,80 +25,67 @@ PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 # reading
 
 
-def load_gpt2(name_or_path, dropout=0.0):
-    """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', from the Hugging Face hub: its cache,
-    HF_HOME, HF_HUB_OFFLINE and tokens apply) or a local Hugging Face GPT-2 folder (config.json with
-    model.safetensors, sharded safetensors or pytorch_model.bin), as a GPT with the checkpoint's architecture
-    and the given dropout."""
-    config_file, weight_files = hf_gpt2_files(name_or_path)
-    config = read_gpt2_config(config_file, dropout)
-    model = GPT(config)
+def is_pretrained(init_from):
+    """Whether init_from names pretrained weights this module reads: a GPT-2 name or a local folder."""
+    return init_from in PRETRAINED or os.path.isdir(init_from)
+
+
+def gpt2_args(name_or_path):
+    """The GPTConfig arguments of a GPT-2 name (its preset, config/model_NAME.py: nothing is downloaded) or of a
+    Hugging Face GPT-2 folder (its config.json)."""
+    if name_or_path in PRETRAINED:
+        preset = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config',
+                              f"model_{name_or_path.replace('-', '_')}.py")
+        return read_config_file(preset, {})
+    config_file = os.path.join(name_or_path, 'config.json')
+    if not os.path.isfile(config_file):
+        raise ValueError(f'{name_or_path} is not a Hugging Face GPT-2 folder: it needs config.json and '
+                         "model.safetensors (or pytorch_model.bin), as transformers' save_pretrained writes them")
+    with open(config_file) as f:
+        return gpt2_args_from_hf(json.load(f), config_file)
+
+
+def gpt2_state_dict(weight_files):
+    """The weights of a Hugging Face GPT-2 (safetensors, or pytorch_model.bin read without running code) under
+    GPT's names, in the files' dtype."""
     hf_sd = {}
     for path in weight_files:
         try:
             hf_sd.update(load_file(path) if path.endswith('.safetensors')
                          else torch.load(path, map_location='cpu', weights_only=True))
         except Exception as e:
-            reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
-            raise ValueError(f'{path} is unreadable or corrupt ({reason}): download or save it again') from None
+            raise ValueError(f'{path} is unreadable or corrupt ({one_line(e, 150)}): download or save it again') from None
     # Hugging Face names, less the 'transformer.' prefix that GPT2LMHeadModel adds and GPT2Model (OpenAI's
     # hub files) lacks; its Conv1D layers store weights as (in, out), nn.Linear as (out, in)
     conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-    loaded = {}
+    weights = {}
     for k, v in hf_sd.items():
         k = k.removeprefix('transformer.')
-        if k.endswith(('.attn.bias', '.attn.masked_bias')) or (k == 'lm_head.weight' and config.tie_embeddings):
-            continue  # the causal-mask buffers of old checkpoints; a tied lm_head is wte
-        loaded[k if k == 'lm_head.weight' else 'transformer.' + k] = v.t() if k.endswith(conv1d) else v
-    sd = model.state_dict()
-    expected = {k for k in sd if not (k == 'lm_head.weight' and config.tie_embeddings)}
-    problems = {
-        'missing': sorted(expected - set(loaded)),
-        'unexpected': sorted(set(loaded) - expected),
-        'wrongly shaped': [f'{k} {tuple(loaded[k].shape)} (expected {tuple(sd[k].shape)})'
-                           for k in sorted(expected & set(loaded)) if loaded[k].shape != sd[k].shape],
-    }
-    if any(problems.values()):
-        listed = '; '.join(f"{what}: {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"
-                           for what, keys in problems.items() if keys)
-        raise ValueError(f'{name_or_path} does not hold the GPT-2 its config.json describes ({listed}); '
-                         'the weight files may be from another model or truncated')
-    with torch.no_grad():
-        for k, v in loaded.items():
-            sd[k].copy_(v)  # a tied wte fills lm_head too; fp16/bf16 files are upcast to the model's fp32
-    return model
+        if not k.endswith(('.attn.bias', '.attn.masked_bias')):  # the causal-mask buffers of old checkpoints
+            weights[k if k == 'lm_head.weight' else 'transformer.' + k] = v.t() if k.endswith(conv1d) else v
+    return weights
 
 
-def read_gpt2_config(config_file, dropout=0.0):
-    """The GPTConfig of a Hugging Face GPT-2 config.json, with the given dropout."""
-    with open(config_file) as f:
-        return GPTConfig(**gpt2_args_from_hf(json.load(f), config_file), dropout=dropout)
-
-
-def hf_gpt2_files(name_or_path):
-    """config.json and the weight files of OpenAI's GPT-2 `name` (hub or cache) or of a local Hugging Face folder."""
+def gpt2_weight_files(name_or_path):
+    """The weight files of OpenAI's GPT-2 `name` (hub or cache) or of a local Hugging Face folder."""
     if name_or_path in PRETRAINED:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
-        files = ('config.json', 'model.safetensors')
+        files = ('model.safetensors',)  # the architecture is the preset's (gpt2_args)
         try:
             paths = [hf_hub_download(f'openai-community/{name_or_path}', f) for f in files]
         except Exception as e:
             try:  # a cache filled under the old repo name, e.g. by transformers' from_pretrained('gpt2')
                 paths = [hf_hub_download(name_or_path, f, local_files_only=True) for f in files]
             except Exception:
-                reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:150]
-                if isinstance(e, LocalEntryNotFoundError):
-                    reason = 'no network or HF_HUB_OFFLINE=1, and not in the Hugging Face cache'
+                reason = 'no network or HF_HUB_OFFLINE=1, and not in the Hugging Face cache' \
+                    if isinstance(e, LocalEntryNotFoundError) else one_line(e, 150)
                 raise OSError(f'could not download {name_or_path} ({reason}): put a Hugging Face GPT-2 folder '
                               f'(config.json + model.safetensors of openai-community/{name_or_path}) here and pass '
                               'its path instead, or fill the Hugging Face cache on a machine with internet (`hf download '
                               f'openai-community/{name_or_path} config.json model.safetensors`) and copy it here '
                               '(~/.cache/huggingface, or $HF_HOME)') from None
-        return paths[0], paths[1:]
-    if not os.path.isdir(name_or_path):
-        raise ValueError(f"{name_or_path!r} is neither a GPT-2 name ({', '.join(PRETRAINED)}) nor a folder: pass one of the "
-                         'names, or the path of a Hugging Face GPT-2 folder (config.json + model.safetensors)')
+        return paths
     config_file = os.path.join(name_or_path, 'config.json')
     index = os.path.join(name_or_path, 'model.safetensors.index.json')
     if os.path.isfile(index):  # sharded: the index maps each tensor to its file
@@ -110,7 +97,7 @@ def hf_gpt2_files(name_or_path):
     if not os.path.isfile(config_file) or not weight_files:
         raise ValueError(f'{name_or_path} is not a Hugging Face GPT-2 folder: it needs config.json and '
                          "model.safetensors (or pytorch_model.bin), as transformers' save_pretrained writes them")
-    return config_file, weight_files
+    return weight_files
 
 
 def gpt2_args_from_hf(hf, source):

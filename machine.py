@@ -11,6 +11,7 @@ The Machine it returns is frozen: every script reads these decisions from it and
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import sys
@@ -33,6 +34,19 @@ class Machine:
     local_rank: int = 0  # this process on its node: its GPU
     world_size: int = 1
     backend: str = ''  # of the process group; '' for a single process
+    peak_flops_given: float = 0.0
+
+    @functools.cached_property
+    def peak_flops(self):
+        return self.peak_flops_given or peak_flops(self.device, self.dtype)
+
+    @property
+    def native_bf16(self):
+        return resolve_dtype('auto', self.device) == 'bfloat16'
+
+    def peak_memory_line(self):
+        peak = self.peak_memory()
+        return f'; peak memory of this process {peak / 1e9:.2f} GB' if peak else ''
 
     @property
     def device_type(self):
@@ -69,7 +83,7 @@ class Machine:
             torch.mps.synchronize()
 
 
-def setup(device='auto', dtype='auto', compile=None, backend='auto'):
+def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=0.0):
     """Decide the machine and, under torchrun (RANK set), join the process group. The device is decided
     first: with CUDA every process takes the GPU of its LOCAL_RANK, and the group uses nccl on GPUs."""
     rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
@@ -97,7 +111,7 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto'):
         torch.backends.cudnn.allow_tf32 = True
     if device == 'cpu':
         keep_freed_memory()
-    return Machine(device, dtype, compile, rank, local_rank, world_size, backend)
+    return Machine(device, dtype, compile, rank, local_rank, world_size, backend, peak_flops)
 
 
 def teardown(finished=True):

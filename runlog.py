@@ -12,8 +12,8 @@ import json
 import math
 import os
 
-import machine
 from atomic import atomic_path
+from configurator import one_line
 from training import tokens_per_iter
 
 
@@ -21,13 +21,12 @@ class Log:
     """What the master process reports: the console, out_dir/metrics.jsonl (strict JSON, one record per logged
     iteration and eval: a resumed run first drops what came after its checkpoint), out_dir/loss.png and wandb."""
 
-    def __init__(self, cfg, m, iter_num):
-        self.master, self.ema_mfu, self.file, self.wandb = m.master, None, None, None
+    def __init__(self, cfg, machine, iter_num):
+        self.master, self.ema_mfu, self.file, self.wandb = machine.master, None, None, None
         self.iter_start = iter_num
         # loss.png's path; whether an evaluation asks for it to be drawn; whether records came after its last drawing
         self.plot, self.draw_due, self.unplotted = None, False, False
-        self.peak_flops = cfg['peak_flops'] or (machine.peak_flops(m.device, m.dtype) if m.master else None)
-        if not m.master or cfg['eval_only']:
+        if not machine.master or cfg['eval_only']:
             return
         os.makedirs(cfg['out_dir'], exist_ok=True)
         path = os.path.join(cfg['out_dir'], 'metrics.jsonl')
@@ -129,8 +128,7 @@ def start_wandb(cfg):
         timeout = {} if 'WANDB_INIT_TIMEOUT' in os.environ else {'settings': wandb.Settings(init_timeout=30)}
         wandb.init(project=cfg['wandb_project'], name=cfg['wandb_run_name'], config=dict(cfg), **timeout)
     except Exception as e:
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split()[:40])
-        raise ValueError(f'wandb_log=True, but wandb could not start ({reason}): log in with `wandb login`, '
+        raise ValueError(f'wandb_log=True, but wandb could not start ({one_line(e, 300)}): log in with `wandb login`, '
                          'or set WANDB_MODE=offline, or drop --wandb_log') from None
     return wandb
 

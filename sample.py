@@ -17,7 +17,7 @@ import time
 import torch
 
 import checkpoint
-import machine
+import machine as machines
 from atomic import atomic_path
 from configurator import cli, configure
 
@@ -98,8 +98,8 @@ def print_now(text):
     sys.stdout.flush()
 
 
-def generate_samples(model, tokenizer, m, cfg, write=print_now):
-    """Generate cfg['num_samples'] continuations of the prompt as one batch on the Machine m and write them as
+def generate_samples(model, tokenizer, machine, cfg, write=print_now):
+    """Generate cfg['num_samples'] continuations of the prompt as one batch on the machine and write them as
     they come; returns the list of sample texts (prompt included). Only ids the tokenizer decodes are sampled."""
     prompt_ids = tokenizer.encode(read_prompt(cfg['start']))
     if not prompt_ids:
@@ -107,10 +107,10 @@ def generate_samples(model, tokenizer, m, cfg, write=print_now):
     if len(prompt_ids) > model.config.block_size:
         raise ValueError(f'the prompt is {len(prompt_ids)} tokens long, more than the model\'s context of '
                          f'{model.config.block_size}: shorten it')
-    idx = torch.tensor(prompt_ids, dtype=torch.long, device=m.device)[None].repeat(cfg['num_samples'], 1)
+    idx = torch.tensor(prompt_ids, dtype=torch.long, device=machine.device)[None].repeat(cfg['num_samples'], 1)
     streamer = Streamer(tokenizer, prompt_ids, write)
     write(tokenizer.decode(prompt_ids))
-    with m.autocast():
+    with machine.autocast():
         out = model.generate(idx, cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
                              top_p=cfg['top_p'], on_token=streamer, vocab_size=tokenizer.vocab_size)
     samples = [tokenizer.decode(row.tolist()) for row in out]
@@ -123,16 +123,17 @@ def generate_samples(model, tokenizer, m, cfg, write=print_now):
 def main(argv=None):
     cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
     check_options(cfg)
-    m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'])
-    model, tokenizer = checkpoint.load_for_sampling(cfg['init_from'], cfg['out_dir'], cfg['data_dir'])
-    model.eval().to(m.device)
-    if m.compile:
+    machine = machines.setup(cfg['device'], cfg['dtype'], cfg['compile'])
+    model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
+    model.eval().to(machine.device)
+    if machine.compile:
         model.compile()  # in place, so that generate's calls to the model run compiled
     torch.manual_seed(cfg['seed'])
     # the output file is opened before generating, so that a path that cannot be written fails at once
     with atomic_path(cfg['out_file']) if cfg['out_file'] else contextlib.nullcontext() as out_tmp:
         t0 = time.time()
-        samples = generate_samples(model, tokenizer, m, cfg)
+        samples = generate_samples(model, tokenizer, machine, cfg)
         dt = time.time() - t0
         print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
               f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s)", file=sys.stderr)

@@ -5,14 +5,13 @@ are exact and a 7B config costs nothing.
 
     python sizing.py config/train_gpt2.py
     python sizing.py --init_from=gpt2-xl --batch_size=1 --device_memory=24GiB
-    python sizing.py --init_from=llama2_7b --json
+    python sizing.py config/model_llama2_7b.py --json
     python sizing.py config/finetune_shakespeare.py --gpus=2 --device_memory=24GB   # DDP or FSDP?
 
 It reads the same config files and --key=value overrides as train.py, and takes the model from
-init_from as train.py does (checkpoint.model_config): resume (out_dir/ckpt.pt), gpt2, gpt2-medium,
+init_from as train.py does (checkpoint.architecture): resume (out_dir/ckpt.pt), gpt2, gpt2-medium,
 gpt2-large, gpt2-xl (config/model_gpt2*.py, so nothing is downloaded) or a Hugging Face GPT-2 folder
-fix the architecture; a preset only sizing knows (baby_gpt, mini_gpt, tinyllama_1b, llama2_7b:
-config/model_NAME.py) is read before the command line, which may change any of it. Its own keys:
+fix the architecture; a model preset is a config file (config/model_NAME.py). Its own keys:
   --json                 print the report as JSON
   --device_memory=80GB   memory to fit in: GB/MB are 10^9/10^6 bytes, GiB/MiB 2^30/2^20;
                          default: the visible GPU's, else this machine's RAM
@@ -34,14 +33,12 @@ import torch
 
 import checkpoint
 import dataset
-import hf
 import machine
-from configurator import cli, configure, read_config_file
+from configurator import cli, configure
 from model import GPT
-from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
+from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE, setting_problems
 
 DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4, gpus=1)  # peak_flops is train.py's key
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config')
 REFERENCE_GPUS = ('A100', 'H100', 'H200')
 INVALID_MODEL = 'invalid GPTConfig: '  # how GPTConfig's ValueError begins; every problem follows, joined by '; '
 
@@ -56,77 +53,40 @@ CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training (Hoffmann et al. 20
 # the config
 
 
-def preset_path(name):
-    return os.path.join(CONFIG_DIR, f"model_{name.replace('-', '_')}.py")
-
-
 def resolve_config(argv):
     """(config, model_config, errors) for argv. config: what train.py would run with, its model keys those of
-    model_config, the GPTConfig that checkpoint.model_config decides as it does for train.py (None when it is
+    model_config, the GPTConfig that checkpoint.architecture decides as it does for train.py (None when it is
     invalid). errors: the checklist lines of every problem that would stop train.py. A config that asks to
     change the architecture of a checkpoint or of pretrained weights raises, as train.py does."""
-    given = set()
-    config = configure(DEFAULTS, argv, TYPES_OF_NONE, given)
-    init_from = config['init_from']
-    source_args, source = None, ''  # the architecture of a checkpoint or a pretrained model
-    if init_from == 'resume':
-        source_args, source = checkpoint.load(checkpoint.find(config['out_dir']))['model_args'], 'the checkpoint'
-    elif init_from in checkpoint.PRETRAINED:  # the presets hold what train.py reads from their Hugging Face config.json
-        source_args, source = read_config_file(preset_path(init_from), {}), init_from
-    elif os.path.isdir(init_from):
-        source_args, source = hf_folder_args(init_from), init_from
-    elif init_from != 'scratch':
-        path = preset_path(init_from)
-        if not os.path.isfile(path):
-            files = [f[len('model_'):-len('.py')] for f in os.listdir(CONFIG_DIR) if f.startswith('model_')]
-            presets = sorted(name.replace('_', '-') if name.replace('_', '-') in checkpoint.PRETRAINED else name
-                             for name in files)
-            raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', a Hugging Face GPT-2 folder or a "
-                             f"model preset: use one of {', '.join(presets)} (config/model_NAME.py)")
-        # a preset sizing alone knows is read first, as a config file: the command line may change any of it
-        config = configure(DEFAULTS, [path] + argv, TYPES_OF_NONE, given)
-    meta = dataset.load_meta(config['data_dir'] or os.path.join('data', config['dataset']))
+    config = configure(DEFAULTS, argv, TYPES_OF_NONE)
+    source = checkpoint.open_source(config['init_from'], config['out_dir'])  # reads no weights
+    meta = dataset.load_meta(dataset.folder(config['dataset'], config['data_dir']))
     errors = run_errors(config)
-    if source_args is None:
+    if source.model_args is None:
         try:
             checkpoint.vocab_size_for(config['vocab_size'], meta)
         except ValueError as e:
             errors.append(checklist_line('error', 'vocab', str(e)))
-            config = dict(config, vocab_size=None)  # the dataset's, so that the model's other problems are listed
+            config = config.replace(vocab_size=None)  # the dataset's, so that the model's other problems are listed
     try:
-        model_config = checkpoint.model_config(config, given, meta, source_args, source)
+        model_config = checkpoint.architecture(config, meta, source)
     except ValueError as e:
         if not str(e).startswith(INVALID_MODEL):
             raise
         problems = str(e)[len(INVALID_MODEL):].split('; ')
         return config, None, errors + [checklist_line('error', 'model', problem) for problem in problems]
-    return dict(config, **checkpoint.model_args(model_config, full=True)), model_config, errors
-
-
-def hf_folder_args(folder):
-    path = os.path.join(folder, 'config.json')
-    if not os.path.isfile(path):
-        raise ValueError(f'init_from={folder!r} is a folder without config.json: give a Hugging Face GPT-2 folder, '
-                         "'scratch', 'resume' or a model preset")
-    with open(path) as f:
-        return hf.gpt2_args_from_hf(json.load(f), path)
+    return config.replace(**checkpoint.model_args(model_config, full=True)), model_config, errors
 
 
 def run_errors(config):
     """The run's sizes that no training could use, as checklist lines."""
-    errors = []
-    for name in ('batch_size', 'gradient_accumulation_steps'):
-        if config[name] <= 0:
-            errors.append(checklist_line('error', 'run', f'{name}={config[name]} must be a positive integer'))
-    if config['max_iters'] < 0:
-        errors.append(checklist_line('error', 'run', f"max_iters={config['max_iters']} must be 0 or more"))
-    return errors
+    return [checklist_line('error', 'run', problem)
+            for problem in setting_problems(config, ('batch_size', 'gradient_accumulation_steps', 'max_iters'))]
 
 
 def architecture_is_fixed(config):
     """Whether init_from dictates the architecture: a checkpoint to resume or pretrained weights."""
-    return (config['init_from'] == 'resume' or config['init_from'] in checkpoint.PRETRAINED
-            or os.path.isdir(config['init_from']))
+    return checkpoint.source_kind(config['init_from']) != 'scratch'
 
 
 def checklist_line(status, check, message):
@@ -335,17 +295,8 @@ def parallel_plan(report, config, gpus, device_memory, train_args):
 
 
 def config_args(argv):
-    """The config files and train.py keys of sizing's command line: what the plan's command repeats, with a
-    preset only sizing knows (--init_from=llama2_7b) as the config file train.py reads (config/model_llama2_7b.py)."""
-    own = ('--json', '--device_memory', '--mfu', '--gpus')
-    out = []
-    for arg in argv:
-        key, _, value = arg.partition('=')
-        if key == '--init_from' and os.path.isfile(preset_path(value)) and value not in checkpoint.PRETRAINED:
-            arg = os.path.relpath(preset_path(value))
-        if not arg.startswith(own):
-            out.append(arg)
-    return out
+    """The config files and train.py keys of sizing's command line: what the plan's command repeats."""
+    return [arg for arg in argv if not arg.startswith(('--json', '--device_memory', '--mfu', '--gpus'))]
 
 
 def parse_memory(text):
@@ -442,7 +393,7 @@ def design_checklist(c, config, memory, compute):
         add('ok', 'vocab', f"{c.vocab_size} is not a multiple of 64, which slows the embedding and lm_head matmuls a little, "
             f"but {config['init_from']} fixes it")
     else:
-        add('warning', 'vocab', f'{c.vocab_size} is not a multiple of 64: --vocab_size={-(-c.vocab_size // 64) * 64} makes '
+        add('warning', 'vocab', f'{c.vocab_size} is not a multiple of 64: --vocab_size={dataset.padded_vocab(c.vocab_size)} makes '
             'the embedding and lm_head matmuls faster (nanoGPT pads 50257 to 50304); the extra rows are never used')
     aspect = c.n_embd / c.n_layer
     if 16 <= aspect <= 256:

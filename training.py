@@ -1,34 +1,121 @@
 """
-The parts of a training run that train.py and bench.py share: the optimizer, the learning rate schedule,
-one optimizer step, and the evaluation of the loss.
+What a training run is, for train.py and bench.py alike: its settings (DEFAULTS, nanoGPT's keys and values:
+GPT-2 124M on OpenWebText), the optimizer, the learning rate schedule, one optimizer step and the evaluation.
+
+    step: train_step(model, optimizer, scaler, batches, iter_num, cfg, machine)   # grad accumulation inside
 """
 
 import math
+from dataclasses import fields
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
-import machine
-import parallel
+from model import GPTConfig
 from muon import MuonAdamW
 
+DEFAULTS = dict(
+    # I/O
+    out_dir='out',
+    eval_interval=2000,
+    log_interval=1,
+    eval_iters=200,
+    eval_only=False,  # evaluate once, print and exit (writes nothing)
+    hellaswag_interval=0,  # score HellaSwag (GPT-2 BPE models) every this many iterations; 0: never
+    hellaswag_data='',  # hellaswag_val.jsonl; '' downloads it once into a cache folder (see hellaswag.py)
+    always_save_checkpoint=True,  # save at every eval, not only when val loss improves
+    init_from='scratch',  # 'scratch', 'resume' (from out_dir's checkpoint), 'gpt2*' or a Hugging Face GPT-2 folder
+    overwrite=False,  # start a new run in an out_dir that holds one: its ckpt.pt and metrics.jsonl are replaced
+    # wandb logging (WANDB_MODE=offline works without an account)
+    wandb_log=False,
+    wandb_project='owt',
+    wandb_run_name='gpt2',
+    # data
+    dataset='openwebtext',
+    data_dir='',  # '' means data/<dataset>
+    gradient_accumulation_steps=5 * 8,  # micro-steps per optimizer step, summed over all processes
+    batch_size=12,  # sequences per micro-step and process
+    # model: GPTConfig's fields and defaults, except vocab_size (None: from the dataset's meta.pkl, else 50304)
+    # and bias=False as in nanoGPT's train.py (a bit faster and better when training from scratch).
+    # A resumed or pretrained model keeps its own (block_size may shrink, dropout may change).
+    **{f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'bias')},
+    vocab_size=None,
+    bias=False,
+    # optimizer: 'adamw', or 'muon' (Muon for the weight matrices inside the blocks, AdamW for the rest)
+    optimizer='adamw',
+    learning_rate=6e-4,  # max learning rate (AdamW's; with optimizer='muon', of the embeddings, lm_head and norms)
+    max_iters=600000,  # optimizer steps in all
+    weight_decay=1e-1,
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,  # clip gradients at this norm, 0 to disable
+    muon_lr=0.02,  # Muon's max learning rate; the schedule scales it as it scales learning_rate
+    muon_momentum=0.95,
+    muon_weight_decay=0.0,  # decoupled, as AdamW's: the matrices shrink by muon_lr * muon_weight_decay per step
+    # learning rate schedule: linear warmup, then 'cosine' decay to min_lr, or 'wsd' (warmup-stable-decay):
+    # constant, then linear decay to min_lr over the last decay_fraction of lr_decay_iters
+    decay_lr=True,
+    lr_schedule='cosine',
+    decay_fraction=0.2,
+    warmup_iters=2000,
+    lr_decay_iters=600000,  # ~ max_iters per the Chinchilla paper
+    min_lr=6e-5,  # ~ learning_rate / 10 per the Chinchilla paper
+    # how the model is spread over torchrun's processes (parallel.py)
+    parallel='ddp',  # 'ddp': each process holds the whole model; 'fsdp': each holds a shard (FSDP2, needs torchrun)
+    activation_checkpointing=False,  # recompute each block in backward: far less activation memory, ~1/3 more compute
+    cpu_offload=False,  # fsdp: keep parameters, gradients and optimizer state in host memory (slow; fits big models)
+    # system: decided once, by machine.setup, from what this machine has
+    backend='auto',  # 'nccl' on CUDA, 'gloo' on CPU
+    device='auto',  # cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype='auto',  # 'float32', 'bfloat16' or 'float16' (GradScaler); auto: bf16 where native
+    compile=None,  # torch.compile the model; None: where it works and pays off (CUDA, compute capability >= 7)
+    peak_flops=0.0,  # the device's peak FLOP/s for MFU; 0: known GPUs from a table, CPUs measured, else no MFU
+    seed=1337,
+)
+TYPES_OF_NONE = {'vocab_size': int, 'd_ff': int, 'n_kv_head': int, 'compile': bool}
+CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd')}
 
-def configure_optimizer(model, cfg, device):
+
+def setting_problems(cfg, keys=None):
+    """Every setting outside its meaningful range, as a sentence that names the key (all of DEFAULTS' keys that
+    have one, or those of `keys`): train.py raises them, bench.py and sizing.py check the keys they use."""
+    keys = set(DEFAULTS if keys is None else keys)
+    at_least = {k: 1 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval')}
+    at_least.update({k: 0 for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip',
+                                    'learning_rate', 'min_lr', 'peak_flops', 'seed', 'hellaswag_interval')})
+    out = [f'{k}={cfg[k]} must be at least 1' if least else f'{k}={cfg[k]} must be 0 or more'
+           + (' (0 disables clipping)' if k == 'grad_clip' else '')
+           for k, least in at_least.items() if k in keys and cfg[k] is not None and cfg[k] < least]
+    out += [f'{k}={cfg[k]} must be in [0, 1), e.g. 0.9 / 0.95'
+            for k in ('beta1', 'beta2', 'muon_momentum') if k in keys and not 0 <= cfg[k] < 1]
+    out += [f"{k}={cfg[k]!r} is not one of {', '.join(choices)}"
+            for k, choices in CHOICES.items() if k in keys and cfg[k] not in choices]
+    if 'decay_fraction' in keys and not 0 < cfg['decay_fraction'] <= 1:
+        out.append(f"decay_fraction={cfg['decay_fraction']} must be in (0, 1], e.g. 0.2: the last 20% of the steps")
+    if 'optimizer' in keys and cfg['optimizer'] == 'muon' and (cfg['muon_lr'] < 0 or cfg['muon_weight_decay'] < 0
+                                                               or not cfg['learning_rate']):
+        out.append(f"optimizer='muon' needs muon_lr >= 0, muon_weight_decay >= 0 and learning_rate > 0 (the "
+                   f"schedule scales muon_lr by lr / learning_rate), not {cfg['muon_lr']}, "
+                   f"{cfg['muon_weight_decay']} and {cfg['learning_rate']}")
+    return out
+
+
+def configure_optimizer(model, cfg, machine):
     """train.py's optimizer for cfg['optimizer']: 'adamw' (nanoGPT's: weight decay on 2-D tensors only) or
     'muon': Muon with muon_lr for the 2-D weights inside the blocks (transformer.h.*), AdamW with learning_rate
     for the rest (embeddings, lm_head, norm gains, biases), weight decay on its 2-D tensors only. Each param
-    group's base lr is its 'lr' here; set_lr scales them all by the schedule. Parameters are chosen by name and
-    shape, not by module or tensor type, so that a wrapped model (compiled, DDP, FSDP's DTensors: the names
-    keep their 'transformer.h.' part) is split the same way."""
+    group's base lr is its 'lr' here; Schedule.apply scales them all. Parameters are chosen by name and shape,
+    so that a wrapped model (compiled, DDP, FSDP's DTensors) is split the same way."""
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'adamw':
-        return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, device.split(':')[0])
+        return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
     matrices, others = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
     # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
-    ns_dtype = torch.bfloat16 if machine.resolve_dtype('auto', device) == 'bfloat16' else torch.float32
+    ns_dtype = torch.bfloat16 if machine.native_bf16 else torch.float32
     return MuonAdamW([
         {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
          'weight_decay': cfg['muon_weight_decay']},
@@ -37,31 +124,37 @@ def configure_optimizer(model, cfg, device):
     ], betas=betas, ns_dtype=ns_dtype)
 
 
-def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_lr=True, schedule='cosine',
-           decay_fraction=0.2):
-    """Linear warmup (never 0, even at step 0), then down to min_lr at lr_decay_iters: 'cosine' decays all the
-    way; 'wsd' (warmup-stable-decay) stays at learning_rate, then decays linearly over the last decay_fraction
-    of the lr_decay_iters steps."""
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    if schedule == 'wsd':
-        decay_start = lr_decay_iters * (1 - decay_fraction)
-        coeff = min(1.0, (lr_decay_iters - it) / max(1, lr_decay_iters - decay_start))  # 1, then down to 0
-    else:
-        ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
-    return min_lr + coeff * (learning_rate - min_lr)
+class Schedule:
+    """The learning rate of each step: a linear warmup (never 0, even at step 0), then down to min_lr at
+    lr_decay_iters: 'cosine' decays all the way; 'wsd' (warmup-stable-decay) stays at learning_rate, then
+    decays linearly over the last decay_fraction of the lr_decay_iters steps. decay_lr=False: constant."""
 
+    def __init__(self, cfg):
+        self.cfg = cfg
 
-def set_lr(optimizer, lr, cfg):
-    """Every param group's lr at a step whose scheduled learning rate is lr: AdamW's groups take lr, Muon's
-    muon_lr scaled by the same factor, lr / learning_rate."""
-    for group in optimizer.param_groups:
-        group['lr'] = cfg['muon_lr'] * lr / cfg['learning_rate'] if group.get('muon') else lr
+    def lr(self, it):
+        c = self.cfg
+        if not c['decay_lr']:
+            return c['learning_rate']
+        if it < c['warmup_iters']:
+            return c['learning_rate'] * (it + 1) / (c['warmup_iters'] + 1)
+        if it > c['lr_decay_iters']:
+            return c['min_lr']
+        if c['lr_schedule'] == 'wsd':
+            decay_start = c['lr_decay_iters'] * (1 - c['decay_fraction'])
+            coeff = min(1.0, (c['lr_decay_iters'] - it) / max(1, c['lr_decay_iters'] - decay_start))  # 1, then to 0
+        else:
+            ratio = (it - c['warmup_iters']) / max(1, c['lr_decay_iters'] - c['warmup_iters'])
+            coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
+        return c['min_lr'] + coeff * (c['learning_rate'] - c['min_lr'])
+
+    def apply(self, optimizer, it):
+        """Set every param group's lr for step `it` and return the scheduled lr: AdamW's groups take it, Muon's
+        muon_lr scaled by the same factor, lr / learning_rate."""
+        lr = self.lr(it)
+        for group in optimizer.param_groups:
+            group['lr'] = self.cfg['muon_lr'] * lr / self.cfg['learning_rate'] if group.get('muon') else lr
+        return lr
 
 
 def tokens_per_iter(cfg):
@@ -69,46 +162,63 @@ def tokens_per_iter(cfg):
     return cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
 
 
-def train_step(model, optimizer, scaler, batches, m, iter_num, grad_accum, grad_clip):
-    """One optimizer step: grad_accum micro-steps of forward and backward on this process (the GradScaler does
-    nothing unless float16), clip, step, zero_grad. The micro-steps are numbered over all processes, so that
-    every process draws other batches and the run's batches do not depend on the number of processes.
-    `m` is the Machine. Returns this process's mean loss, on the device."""
-    loss_sum = torch.zeros((), device=m.device)
-    for micro_step in range(grad_accum):
-        x, y = batches.train_batch(iter_num, m.rank * grad_accum + micro_step)
-        if m.world_size > 1:
-            parallel.sync_gradients(model, micro_step == grad_accum - 1)
-        with m.autocast():
+def is_sharded(model):
+    """Whether the model (or the model torch.compile wraps) is an FSDP one (parallel.py)."""
+    return isinstance(getattr(model, '_orig_mod', model), FSDPModule)
+
+
+def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
+    """One optimizer step: this process's micro-steps of forward and backward (the gradients add up), clip, step,
+    zero_grad. The GradScaler does nothing unless float16. The micro-steps are numbered over all processes, so
+    that the run's batches do not depend on the number of processes. Returns this process's mean loss."""
+    micro_steps = cfg['gradient_accumulation_steps'] // machine.world_size
+    loss_sum = torch.zeros((), device=machine.device)
+    for micro_step in range(micro_steps):
+        x, y = batches.train_batch(iter_num, machine.rank * micro_steps + micro_step)
+        if machine.world_size > 1:  # average the gradients across processes after the last micro-step only
+            last = micro_step == micro_steps - 1
+            if is_sharded(model):
+                model.set_requires_gradient_sync(last)
+            else:
+                model.require_backward_grad_sync = last  # DDP's no_sync
+        with machine.autocast():
             _, loss = model(x, y)
-            loss = loss / grad_accum  # the gradients add up over the micro-steps: take their mean
+            loss = loss / micro_steps  # the gradients add up over the micro-steps: take their mean
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
-    if grad_clip != 0.0:
+    if cfg['grad_clip'] != 0.0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
 
 
+def my_share(n, rank, world_size, model):
+    """The numbers k of this process's share of n items (k % world_size == rank). FSDP's processes gather
+    parameters together, so under FSDP each process runs as many forwards: the share is padded with spare
+    numbers k >= n, for which the caller repeats item n - 1 and discards the result."""
+    padded = -(-n // world_size) * world_size if is_sharded(model) else n
+    return range(rank, padded, world_size)
+
+
 @torch.no_grad()
-def estimate_loss(model, batches, m, eval_iters):
+def estimate_loss(model, batches, machine, eval_iters):
     """Mean loss over the same eval_iters batches of each split at every eval, shared between the processes:
     each computes its share of the batches, and the per-batch losses are summed in one order, so the same
     model gives the same value, to the last bit, on any number of processes."""
     model.eval()
     out = {}
     for split in ('train', 'val'):
-        losses = torch.zeros(eval_iters, device=m.device, dtype=torch.float64)
-        for k in parallel.my_share(eval_iters, m.rank, m.world_size, model):
+        losses = torch.zeros(eval_iters, device=machine.device, dtype=torch.float64)
+        for k in my_share(eval_iters, machine.rank, machine.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
-            with m.autocast():
+            with machine.autocast():
                 _, loss = model(x, y)
             if k < eval_iters:
                 losses[k] = loss.item()
-        if m.world_size > 1:
+        if machine.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
         out[split] = losses.sum().item() / eval_iters
     model.train()

@@ -43,7 +43,11 @@ def main():
     config = GPTConfig(n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=cfg['n_embd'],
                        block_size=cfg['block_size'], vocab_size=cfg['vocab_size'])
     torch.manual_seed(0)
-    model = parallel.sharded(config, m) if cfg['parallel'] == 'fsdp' else DDP(GPT(config))
+    if cfg['parallel'] == 'fsdp':
+        model = parallel.sharded(config, m)
+        parallel.init_shards(model, m)
+    else:
+        model = DDP(GPT(config))
 
     def report(what):
         if m.master:

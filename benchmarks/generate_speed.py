@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 import checkpoint
 from configurator import cli, configure
 from model import GPT, GPTConfig, sample_next
-from train import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
+from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE
 
 DEFAULTS = dict(
     models='baby,gpt2',  # comma-separated, from baby, gpt2, mini
@@ -62,9 +62,8 @@ def make_model(name, tmp):
     argv = [os.path.join(ROOT, 'config', 'train_shakespeare_char.py')]
     if name == 'mini':  # nanoGPT's README recipe for a CPU
         argv += ['--n_layer=4', '--n_head=4', '--n_embd=128', '--block_size=64', '--dropout=0.0']
-    given = set()
-    cfg = configure(TRAIN_DEFAULTS, argv, TYPES_OF_NONE, given)
-    model, _ = checkpoint.init_model(cfg, given, meta)  # as train.py builds it
+    cfg = configure(TRAIN_DEFAULTS, argv, TYPES_OF_NONE)
+    model, _ = checkpoint.init_model(cfg, meta, None)  # as train.py builds it
     return model, {'dataset': cfg['dataset'], 'data_dir': data_dir}
 
 

@@ -5,7 +5,7 @@ every new token. The baseline of benchmarks/generate_speed.py as a whole process
     python benchmarks/sample_recompute.py --out_dir=out-shakespeare-char --num_samples=1 --max_new_tokens=500
 
 Same options and defaults as sample.py (those that apply), the same checkpoint and tokenizer loading
-(checkpoint.load_for_sampling), the same sampling; prints the samples when they are done.
+(checkpoint.load_model, checkpoint.tokenizer_for), the same sampling; prints the samples when they are done.
 """
 
 import os
@@ -47,7 +47,8 @@ def main(argv=None):
         with open(cfg['start'][5:], encoding='utf-8') as f:
             cfg['start'] = f.read()
     m = machine.setup(cfg['device'], cfg['dtype'], compile=False)
-    model, tokenizer = checkpoint.load_for_sampling('resume', cfg['out_dir'], cfg['data_dir'])
+    model, source = checkpoint.load_model('resume', cfg['out_dir'])
+    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
     model.eval().to(m.device)
     torch.manual_seed(cfg['seed'])
     prompt_ids = tokenizer.encode(cfg['start'])

@@ -92,7 +92,7 @@ def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parall
     # and back: a plain process's ckpt.pt resumed sharded
     train(data, snapshot, '--init_from=resume', '--max_iters=9', '--parallel=fsdp', processes=2)
     assert sorted(os.listdir(snapshot)) == ['ckpt.dcp', 'loss.png', 'metrics.jsonl']
-    assert checkpoint.load(checkpoint.find(str(snapshot)))['iter_num'] == 9
+    assert checkpoint.load(checkpoint.require_checkpoint(str(snapshot)))['iter_num'] == 9
 
 
 def test_pretrained_weights_load_into_shards(data, tmp_path):
@@ -135,15 +135,15 @@ def test_killed_sharded_saves_never_cost_the_previous_checkpoint(data, tmp_path)
                *run_args(data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=100000',
                          '--eval_interval=1', '--lr_decay_iters=100000')]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-        before = checkpoint.load(checkpoint.find(str(out_dir)))['iter_num']
+        before = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
         time.sleep(rng.uniform(6, 12))  # past the start-up (~4 s), into the saves of every iteration
         kill_tree(proc.pid)
         proc.wait()
-        ckpt = checkpoint.load(checkpoint.find(str(out_dir)))
+        ckpt = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))
         assert ckpt['iter_num'] >= before
-        model = checkpoint.model_from(ckpt)  # every shard of the named checkpoint is there
+        model = checkpoint.load_model('resume', str(out_dir))[0]  # every shard of the named checkpoint is there
         assert all(torch.isfinite(p).all() for p in model.parameters())
-    iter_num = checkpoint.load(checkpoint.find(str(out_dir)))['iter_num']
+    iter_num = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
     train(data, out_dir, '--parallel=fsdp', '--init_from=resume', f'--max_iters={iter_num + 1}', '--eval_interval=1',
           processes=2)
     assert sorted(os.listdir(out_dir / 'ckpt.dcp')) == [f'iter_{iter_num + 1:07d}', 'latest']  # no leftovers
@@ -183,15 +183,15 @@ def test_a_save_cut_short_is_ignored_and_replaced(data, tmp_path):
     partial = out_dir / 'ckpt.dcp' / 'iter_0000006'
     os.makedirs(partial)
     (partial / '__0_0.distcp').write_bytes(b'half a shard')
-    assert checkpoint.load(checkpoint.find(str(out_dir)))['iter_num'] == 3
+    assert checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num'] == 3
     train(data, out_dir, '--parallel=fsdp', '--init_from=resume', processes=2)
-    assert checkpoint.load(checkpoint.find(str(out_dir)))['iter_num'] == 6
+    assert checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num'] == 6
     assert sorted(os.listdir(out_dir / 'ckpt.dcp')) == ['iter_0000006', 'latest']
 
     older = tmp_path / 'older'
     train(data, older, '--max_iters=3')
     os.replace(older / 'ckpt.pt', out_dir / 'ckpt.pt')  # iteration 3, beside the shards of iteration 6
-    assert checkpoint.find(str(out_dir)) == str(out_dir / 'ckpt.dcp')
+    assert checkpoint.require_checkpoint(str(out_dir)) == str(out_dir / 'ckpt.dcp')
 
 
 def test_sample_and_export_read_a_sharded_checkpoint(data, tmp_path):
@@ -199,8 +199,8 @@ def test_sample_and_export_read_a_sharded_checkpoint(data, tmp_path):
     run reaches (within fp32 rounding), and samples come out."""
     train(data, tmp_path / 'fsdp', '--parallel=fsdp', processes=2)
     train(data, tmp_path / 'one')
-    sharded = checkpoint.model_from(checkpoint.load(checkpoint.find(str(tmp_path / 'fsdp'))))
-    plain = checkpoint.model_from(checkpoint.load(str(tmp_path / 'one' / 'ckpt.pt')))
+    sharded = checkpoint.load_model('resume', str(tmp_path / 'fsdp'))[0]
+    plain = checkpoint.load_model('resume', str(tmp_path / 'one'))[0]
     for (name, p), q in zip(sharded.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
     result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tmp_path / "fsdp"}', '--num_samples=2',

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from configurator import configure
 from model import GPT, GPTConfig, KVCache, sample_next
 from checkpoint import MODEL_KEYS
-from train import DEFAULTS, TYPES_OF_NONE
+from training import DEFAULTS, TYPES_OF_NONE
 
 TINY = dict(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_embd=32)
 VARIANTS = {

@@ -8,14 +8,17 @@ import pytest
 import torch
 
 import checkpoint
+import machine
 import train
 import training
 from conftest import ROOT, write_char_dataset
 from model import GPT, GPTConfig
 from muon import MuonAdamW, orthogonalize
 
-MUON = dict(train.DEFAULTS, optimizer='muon', learning_rate=1e-3, weight_decay=0.1, muon_lr=0.02,
+MUON = dict(training.DEFAULTS, optimizer='muon', learning_rate=1e-3, weight_decay=0.1, muon_lr=0.02,
             muon_momentum=0.9, muon_weight_decay=0.0)
+SCHEDULE = dict(training.DEFAULTS, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, decay_fraction=0.2)
+CPU = machine.Machine('cpu', 'float32', compile=False)
 
 
 def gpt2_like():
@@ -27,7 +30,7 @@ def gpt2_like():
 def test_muon_groups_and_their_learning_rates():
     model = gpt2_like()
     names = {id(p): name for name, p in model.named_parameters()}
-    optimizer = training.configure_optimizer(model, MUON, 'cpu')
+    optimizer = training.configure_optimizer(model, MUON, CPU)
     assert isinstance(optimizer, MuonAdamW)
     muon, adamw_decay, adamw_no_decay = ({names[id(p)] for p in group['params']} for group in optimizer.param_groups)
     assert muon == {f'transformer.h.{i}.{m}.weight' for i in range(2)
@@ -39,15 +42,15 @@ def test_muon_groups_and_their_learning_rates():
         (True, 0.02, 0.0), (False, 1e-3, 0.1), (False, 1e-3, 0.0)]
     assert optimizer.param_groups[0]['momentum'] == 0.9
     # the schedule scales every group's base lr by the same factor
-    training.set_lr(optimizer, 0.25e-3, MUON)
+    assert training.Schedule(dict(MUON, warmup_iters=3)).apply(optimizer, 0) == 0.25e-3  # a quarter into the warmup
     assert [g['lr'] for g in optimizer.param_groups] == [0.005, 0.25e-3, 0.25e-3]
-    assert isinstance(training.configure_optimizer(model, dict(MUON, optimizer='adamw'), 'cpu'), torch.optim.AdamW)
+    assert isinstance(training.configure_optimizer(model, dict(MUON, optimizer='adamw'), CPU), torch.optim.AdamW)
 
 
 def test_weight_decay_only_where_intended():
     """A step with zero gradients moves a parameter only by its decoupled weight decay."""
     model = gpt2_like()
-    optimizer = training.configure_optimizer(model, dict(MUON, muon_weight_decay=0.5), 'cpu')
+    optimizer = training.configure_optimizer(model, dict(MUON, muon_weight_decay=0.5), CPU)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -94,15 +97,13 @@ def test_orthogonalize_and_the_muon_step(shape):
 
 def test_wsd_schedule_shape():
     def lr(it, schedule='wsd'):
-        return training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,
-                               schedule=schedule, decay_fraction=0.2)  # decays over iterations 88 to 110
+        return training.Schedule(dict(SCHEDULE, lr_schedule=schedule)).lr(it)  # decays over iterations 88 to 110
     assert 0 < lr(0) < lr(5) < lr(9) < 1.0  # the warmup, as cosine's
     assert all(lr(it) == 1.0 for it in range(10, 89))  # flat
     assert lr(99) == pytest.approx(0.55)  # linear: halfway down at the middle of the decay
     assert lr(95) - lr(96) == pytest.approx(lr(105) - lr(106))
     assert lr(110) == pytest.approx(0.1) and lr(500) == 0.1
-    assert [lr(it, 'cosine') for it in range(120)] == [
-        training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110) for it in range(120)]
+    assert [lr(it, 'cosine') for it in range(120)] == [training.Schedule(SCHEDULE).lr(it) for it in range(120)]
 
 
 TINY = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=16', '--block_size=16',

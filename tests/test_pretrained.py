@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 import checkpoint
 import export
 import hf as hf_io
-import train
-from configurator import cli
+import machine
+import training
+from configurator import cli, configure
 from model import GPT, GPTConfig
 
 transformers = pytest.importorskip('transformers', reason='transformers is the reference for these tests')
@@ -23,8 +24,13 @@ GPT2_CONFIGS = [
     dict(n_layer=2, n_head=4, n_embd=64, n_positions=16, vocab_size=97),
     dict(n_layer=1, n_head=4, n_embd=32, n_positions=24, vocab_size=61, n_inner=48, tie_word_embeddings=False),
 ]
+CPU = machine.Machine('cpu', 'float32', compile=False)
 LLAMA_STYLE = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, d_ff=96, block_size=32, vocab_size=97,
                    norm='rmsnorm', pos_emb='rope', mlp='swiglu', rope_theta=500.0, bias=False)
+
+
+def load_gpt2(name_or_path):
+    return checkpoint.load_model(name_or_path)[0]
 
 
 def randomize(model, seed=0):
@@ -68,7 +74,7 @@ def assert_same_logits(ours, hf, vocab_size, block_size):
 @pytest.mark.parametrize('config', GPT2_CONFIGS)
 def test_logits_equal_transformers_over_the_whole_context(tmp_path, config):
     hf = save_hf_gpt2(tmp_path, **config)
-    model = hf_io.load_gpt2(str(tmp_path))
+    model = load_gpt2(str(tmp_path))
     c = model.config
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (
         config['n_layer'], config['n_head'], config['n_embd'], config['n_positions'], config['vocab_size'])
@@ -79,7 +85,7 @@ def test_logits_equal_transformers_over_the_whole_context(tmp_path, config):
 @pytest.mark.parametrize('config', [GPT2_CONFIGS[0], GPT2_CONFIGS[2]])
 def test_greedy_generation_equals_transformers(tmp_path, config):
     hf = save_hf_gpt2(tmp_path, **config)
-    model = hf_io.load_gpt2(str(tmp_path))
+    model = load_gpt2(str(tmp_path))
     prompt = full_context(config['vocab_size'], 4)
     expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False)
     assert torch.equal(model.generate(prompt, 20, temperature=0), expected)
@@ -96,7 +102,7 @@ def test_pytorch_model_bin_in_openai_layout(tmp_path):
         state_dict[f'h.{i}.attn.bias'] = torch.ones(1, 1, 16, 16).tril()
         state_dict[f'h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
     torch.save(state_dict, folder / 'pytorch_model.bin')
-    assert_same_logits(hf_io.load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_sharded_safetensors(tmp_path):
@@ -112,7 +118,7 @@ def test_sharded_safetensors(tmp_path):
         save_file({k: tensors[k] for k in keys}, folder / file, metadata={'format': 'pt'})
     index = {'metadata': {}, 'weight_map': {k: file for file, keys in shards.items() for k in keys}}
     (folder / 'model.safetensors.index.json').write_text(json.dumps(index))
-    assert_same_logits(hf_io.load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(load_gpt2(str(folder)), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
@@ -123,7 +129,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
     tensors['transformer.wpe.weight'] = tensors['transformer.wpe.weight'][:8].clone()
     save_file(tensors, tmp_path / 'model.safetensors')
     with pytest.raises(ValueError) as e:
-        hf_io.load_gpt2(str(tmp_path))
+        load_gpt2(str(tmp_path))
     message = str(e.value)
     assert 'missing: transformer.h.1.mlp.c_fc.bias' in message
     assert 'unexpected: transformer.h.0.attn.q_attn.weight' in message
@@ -141,19 +147,19 @@ def test_configs_this_gpt_cannot_reproduce_are_refused(tmp_path, field, value):
     config[field] = value
     (tmp_path / 'config.json').write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f'cannot reproduce exactly: {field}={value!r}'):
-        hf_io.load_gpt2(str(tmp_path))
+        load_gpt2(str(tmp_path))
 
 
 def test_a_pretrained_model_may_change_dropout_only(tmp_path):
     """The architecture is the checkpoint's: a run may set dropout and crop block_size, nothing else."""
     save_hf_gpt2(tmp_path, **GPT2_CONFIGS[1])
-    model = hf_io.load_gpt2(str(tmp_path), dropout=0.1)
-    assert model.config.dropout == 0.1 and model.transformer.drop.p == 0.1
-    cfg = dict(train.DEFAULTS, init_from=str(tmp_path), dropout=0.1, n_layer=4, block_size=8)
+    def init_model(*args):
+        cfg = configure(training.DEFAULTS, [f'--init_from={tmp_path}', *args], training.TYPES_OF_NONE)
+        return checkpoint.init_model(cfg, None, CPU)[0]
     with pytest.raises(ValueError, match=f"n_layer=4 was asked for, but {tmp_path} has n_layer="):
-        checkpoint.init_model(cfg, {'dropout', 'n_layer', 'block_size'}, meta=None)
-    model, _ = checkpoint.init_model(cfg, {'dropout', 'block_size'}, meta=None)
-    assert (model.config.block_size, model.config.dropout) == (8, 0.1)
+        init_model('--dropout=0.1', '--n_layer=4', '--block_size=8')
+    model = init_model('--dropout=0.1', '--block_size=8')
+    assert (model.config.block_size, model.config.dropout) == (8, 0.1) and model.transformer.drop.p == 0.1
 
 
 @pytest.fixture
@@ -168,7 +174,7 @@ def hf_cache(tmp_path, monkeypatch):
 
 def test_hub_name_offline_fails_with_one_line_saying_what_to_do(hf_cache):
     with pytest.raises(OSError) as e:
-        hf_io.load_gpt2('gpt2-xl')
+        load_gpt2('gpt2-xl')
     message = str(e.value)
     assert message.startswith('could not download gpt2-xl (no network or HF_HUB_OFFLINE=1')
     assert 'pass its path' in message and 'hf download openai-community/gpt2-xl' in message
@@ -176,9 +182,12 @@ def test_hub_name_offline_fails_with_one_line_saying_what_to_do(hf_cache):
 
 
 @pytest.mark.parametrize('repo', ['openai-community--gpt2', 'gpt2'])  # today's repo id, and the old one's cache
-def test_hub_name_loads_from_the_hf_cache(tmp_path, hf_cache, repo):
+def test_hub_name_loads_from_the_hf_cache(tmp_path, hf_cache, repo, monkeypatch):
     config = GPT2_CONFIGS[1]
     hf = save_hf_gpt2(tmp_path / 'src', **config)
+    # a tiny model stands in for GPT-2 in the cache: its architecture replaces the preset's (config/model_gpt2.py)
+    architecture = hf_io.gpt2_args(str(tmp_path / 'src'))
+    monkeypatch.setattr(hf_io, 'gpt2_args', lambda name: architecture)
     commit = 'a' * 40
     snapshot = hf_cache / f'models--{repo}' / 'snapshots' / commit
     snapshot.mkdir(parents=True)
@@ -186,14 +195,14 @@ def test_hub_name_loads_from_the_hf_cache(tmp_path, hf_cache, repo):
         shutil.copy(tmp_path / 'src' / name, snapshot)
     (hf_cache / f'models--{repo}' / 'refs').mkdir()
     (hf_cache / f'models--{repo}' / 'refs' / 'main').write_text(commit)
-    assert_same_logits(hf_io.load_gpt2('gpt2'), hf, config['vocab_size'], config['n_positions'])
+    assert_same_logits(load_gpt2('gpt2'), hf, config['vocab_size'], config['n_positions'])
 
 
 def test_neither_a_name_nor_a_gpt2_folder(tmp_path):
-    with pytest.raises(ValueError, match="'gpt3' is neither a GPT-2 name"):
-        hf_io.load_gpt2('gpt3')
+    with pytest.raises(ValueError, match="init_from='gpt3' is not 'scratch', 'resume', one of gpt2"):
+        load_gpt2('gpt3')
     with pytest.raises(ValueError, match='is not a Hugging Face GPT-2 folder'):
-        hf_io.load_gpt2(str(tmp_path))
+        load_gpt2(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +229,7 @@ def test_export_llama_style_loads_in_transformers_with_the_same_logits(tmp_path,
 @pytest.mark.parametrize('tied', [True, False])
 def test_round_trip_hf_to_project_to_hf_keeps_every_tensor(tmp_path, tied):
     save_hf_gpt2(tmp_path / 'src', **{**GPT2_CONFIGS[1], 'tie_word_embeddings': tied})
-    hf_io.export_hf(hf_io.load_gpt2(str(tmp_path / 'src')), tmp_path / 'out')
+    hf_io.export_hf(load_gpt2(str(tmp_path / 'src')), tmp_path / 'out')
     before, after = load_file(tmp_path / 'src' / 'model.safetensors'), load_file(tmp_path / 'out' / 'model.safetensors')
     assert sorted(before) == sorted(after)
     assert all(torch.equal(before[k], after[k]) for k in before)

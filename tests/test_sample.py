@@ -32,7 +32,8 @@ def run_sample(out_dir, *extra, write=None):
     cfg = configure(sample.DEFAULTS, [f'--out_dir={out_dir}', '--num_samples=2', '--max_new_tokens=30', *extra],
                     sample.TYPES_OF_NONE)
     sample.check_options(cfg)
-    model, tokenizer = checkpoint.load_for_sampling(cfg['init_from'], cfg['out_dir'], cfg['data_dir'])
+    model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
     torch.manual_seed(cfg['seed'])
     chunks = []
     samples = sample.generate_samples(model.eval(), tokenizer, CPU, cfg, write=write or chunks.append)
@@ -53,7 +54,9 @@ def test_seed_makes_it_deterministic(trained):
 def test_greedy_equals_recomputation(trained):
     samples, _ = run_sample(trained, '--temperature=0', '--num_samples=1', '--start=king', '--max_new_tokens=20')
     ckpt = checkpoint.load(os.path.join(trained, 'ckpt.pt'))
-    model = checkpoint.model_from(ckpt).eval()
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    model.eval()
     tokenizer = dataset.Tokenizer(dataset.load_meta(ckpt['config']['data_dir']))
     idx = torch.tensor([tokenizer.encode('king')])
     for _ in range(20):

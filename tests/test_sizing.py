@@ -27,12 +27,13 @@ def report_for(argv, device_memory=80 * 10 ** 9, devices=NO_DEVICES):
     ('gpt2-medium', 354_823_168),
     ('gpt2-large', 774_030_080),
     ('gpt2-xl', 1_557_611_200),
-    ('tinyllama_1b', 1_100_048_384),  # TinyLlama-1.1B (grouped-query attention, 4 key/value heads)
-    ('llama2_7b', 6_738_415_616),  # Llama-2-7B
-    ('mini_gpt', 131_392),  # the mini-GPT of the design notes
+    (f'{ROOT}/config/model_tinyllama_1b.py', 1_100_048_384),  # TinyLlama-1.1B (grouped-query attention, 4 key/value heads)
+    (f'{ROOT}/config/model_llama2_7b.py', 6_738_415_616),  # Llama-2-7B
+    (f'{ROOT}/config/model_mini_gpt.py', 131_392),  # the mini-GPT of the design notes
 ])
 def test_parameter_total_is_the_published_count(preset, published):
-    parameters = report_for([f'--init_from={preset}'])['parameters']
+    argv = [preset] if preset.endswith('.py') else [f'--init_from={preset}']  # a preset file, or a GPT-2 name
+    parameters = report_for(argv)['parameters']
     assert parameters['total'] == published
     assert sum(row['count'] for row in parameters['rows']) == published
 
@@ -40,7 +41,7 @@ def test_parameter_total_is_the_published_count(preset, published):
 def test_mini_gpt_table_matches_the_design_notes_layer_by_layer():
     """The seed's hand count: wte 512·64, per block 4·64² attention + 2·64·256 MLP + 2·64 norms, final norm 64,
     no position table (rotary) and no lm_head (tied)."""
-    report = report_for(['--init_from=mini_gpt'])
+    report = report_for([f'{ROOT}/config/model_mini_gpt.py'])
     rows = {row['component']: row for row in report['parameters']['rows']}
     assert {k: rows[k]['count'] for k in ('wte', 'wpe', 'ln_f', 'lm_head')} == {'wte': 32_768, 'wpe': 0, 'ln_f': 64, 'lm_head': 0}
     assert {k: rows[k]['per_block'] for k in ('attn_q', 'attn_k', 'attn_v', 'attn_out', 'mlp_in', 'mlp_out', 'norms')} == \
@@ -48,12 +49,12 @@ def test_mini_gpt_table_matches_the_design_notes_layer_by_layer():
     assert report['parameters']['blocks'] == 2 * 49_280
     assert report['parameters']['rule_12Ld2'] == 12 * 2 * 64 ** 2
     # the meta-device count is the count of a real model
-    _, model_config, _ = sizing.resolve_config(['--init_from=mini_gpt'])
+    _, model_config, _ = sizing.resolve_config([f'{ROOT}/config/model_mini_gpt.py'])
     assert sum(p.numel() for p in GPT(model_config).parameters()) == 131_392
 
 
 def test_grouped_query_attention_and_untied_head_are_split_by_shape():
-    rows = {row['component']: row for row in report_for(['--init_from=tinyllama_1b'])['parameters']['rows']}
+    rows = {row['component']: row for row in report_for([f'{ROOT}/config/model_tinyllama_1b.py'])['parameters']['rows']}
     assert rows['attn_q']['per_block'] == 2048 * 2048  # 32 query heads of 64
     assert rows['attn_k']['per_block'] == rows['attn_v']['per_block'] == 4 * 64 * 2048  # 4 key/value heads of 64
     assert rows['mlp_in']['per_block'] == 2 * 5632 * 2048  # SwiGLU's gate and up, stacked in c_fc
@@ -67,7 +68,7 @@ def test_grouped_query_attention_and_untied_head_are_split_by_shape():
 def test_memory_matches_a_hand_calculation():
     """The mini-GPT (131,392 parameters; d 64, 2 layers, 4 heads of 16, d_ff 256, vocab 512, rotary, GELU,
     RMSNorm) with batch_size 8 at its context of 32 tokens: 256 tokens per micro-batch."""
-    report = report_for(['--init_from=mini_gpt', '--batch_size=8'], device_memory=5_500_000)
+    report = report_for([f'{ROOT}/config/model_mini_gpt.py', '--batch_size=8'], device_memory=5_500_000)
     memory = report['memory']
     n = 131_392
     assert memory['weights'] == {'fp32': 4 * n, 'bf16': 2 * n, 'int8': n}
@@ -176,14 +177,14 @@ def test_checklist_marks_design_problems_as_warnings():
         report = report_for(argv, device_memory=10 ** 12)
         assert report['ok']  # warnings do not fail the run
         return {x['check']: x['status'] for x in report['checklist']}
-    assert set(statuses(['--init_from=llama2_7b', '--batch_size=1', '--max_iters=1000000']).values()) == {'ok'}
+    assert set(statuses([f'{ROOT}/config/model_llama2_7b.py', '--batch_size=1', '--max_iters=1000000']).values()) == {'ok'}
     assert statuses(['--vocab_size=50257', '--batch_size=1'])['vocab'] == 'warning'  # not a multiple of 64
     assert statuses(['--init_from=gpt2', '--batch_size=1'])['vocab'] == 'ok'  # the same, but pretrained GPT-2 fixes it
     odd = statuses(['--n_layer=2', '--n_head=16', '--n_embd=1024', '--d_ff=1024', '--vocab_size=50304',
                     '--batch_size=1', '--max_iters=10'])
     assert odd == {'heads': 'ok', 'head size': 'ok', 'd_ff ratio': 'warning', 'vocab': 'ok',
                    'depth/width': 'warning', 'Chinchilla': 'warning', 'memory': 'ok'}
-    assert statuses(['--init_from=mini_gpt'])['head size'] == 'warning'  # 64 / 4 heads = 16
+    assert statuses([f'{ROOT}/config/model_mini_gpt.py'])['head size'] == 'warning'  # 64 / 4 heads = 16
     # fine-tuning GPT-2 for a few iterations is not undertraining
     assert statuses(['--init_from=gpt2', '--batch_size=1', '--max_iters=20'])['Chinchilla'] == 'ok'
 
@@ -203,7 +204,7 @@ def test_resume_and_pretrained_fix_the_architecture_as_train_py_does(tmp_path):
     with pytest.raises(ValueError, match='n_head=8 was asked for'):
         sizing.resolve_config(['--init_from=gpt2-medium', '--n_head=8'])
     # a preset only sizing knows is a starting point: the command line changes it
-    assert report_for(['--init_from=tinyllama_1b', '--n_kv_head=8'])['model']['n_kv_head'] == 8
+    assert report_for([f'{ROOT}/config/model_tinyllama_1b.py', '--n_kv_head=8'])['model']['n_kv_head'] == 8
 
 
 def test_vocab_comes_from_the_dataset_as_in_train_py(tmp_path):
@@ -239,7 +240,7 @@ def test_parse_memory():
 
 
 def test_json_output_is_the_report(capsys):
-    sizing.main(['--init_from=mini_gpt', '--json', '--device_memory=1GB', '--peak_flops=1e12'])
+    sizing.main([f'{ROOT}/config/model_mini_gpt.py', '--json', '--device_memory=1GB', '--peak_flops=1e12'])
     report = json.loads(capsys.readouterr().out)
     assert report['ok'] and report['parameters']['total'] == 131_392
     assert report['memory']['device_memory'] == 10 ** 9
@@ -250,7 +251,7 @@ def test_json_output_is_the_report(capsys):
 def test_unknown_peak_gives_no_time_estimate(monkeypatch, capsys):
     """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) shows no times."""
     monkeypatch.setattr(sizing.machine, 'peak_flops', lambda device, dtype: None)
-    sizing.main(['--init_from=mini_gpt', '--device_memory=1GB'])
+    sizing.main([f'{ROOT}/config/model_mini_gpt.py', '--device_memory=1GB'])
     local = capsys.readouterr().out.split('this machine')[1].splitlines()[0]
     assert local.split() == ['(cpu)', 'unknown', '-', '-', '-']
 

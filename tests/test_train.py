@@ -75,7 +75,8 @@ def test_exact_resume(char_data, tmp_path):
 
 def test_lr_schedule():
     def lr(it, decay_lr=True):
-        return training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, decay_lr=decay_lr)
+        return training.Schedule(dict(training.DEFAULTS, learning_rate=1.0, min_lr=0.1, warmup_iters=10,
+                                      lr_decay_iters=110, decay_lr=decay_lr)).lr(it)
     assert 0 < lr(0) < lr(5) < lr(9) < 1.0
     assert lr(10) == 1.0
     assert lr(60) == pytest.approx(0.55)
@@ -195,7 +196,7 @@ def test_corrupt_and_incompatible_checkpoints(char_data, tmp_path):
     ckpt = torch.load(tmp_path / 'ok' / 'ckpt.pt', weights_only=True)
     ckpt['model_args']['n_layer'] = 3  # weights of 2 layers, model_args of 3
     torch.save(ckpt, tmp_path / 'ok' / 'ckpt.pt')
-    with pytest.raises(ValueError, match=r"do not match its model_args: missing \['transformer.h.2"):
+    with pytest.raises(ValueError, match=r"do not match its architecture \(missing: transformer.h.2"):
         train.main(args(char_data, tmp_path / 'ok', '--init_from=resume', '--n_layer=3'))
 
 
@@ -259,7 +260,7 @@ def test_wandb_logging_offline(char_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize('path', sorted(f'config/{f}' for f in os.listdir(os.path.join(ROOT, 'config'))))
 def test_every_shipped_config_loads(path):
     """Each config file only sets known keys with the right types, and describes a valid model."""
-    cfg = configure(train.DEFAULTS, [os.path.join(ROOT, path)], train.TYPES_OF_NONE)
+    cfg = configure(training.DEFAULTS, [os.path.join(ROOT, path)], training.TYPES_OF_NONE)
     model_args = {k: cfg[k] for k in checkpoint.MODEL_KEYS}
     model_args['vocab_size'] = cfg['vocab_size'] or 50304
     GPTConfig(**model_args)
