@@ -148,7 +148,7 @@ def test_a_pretrained_model_may_change_dropout_only(tmp_path):
     """The architecture is the checkpoint's: a run may set dropout and crop block_size, nothing else."""
     save_hf_gpt2(tmp_path, **GPT2_CONFIGS[1])
     model = hf_io.load_gpt2(str(tmp_path), dropout=0.1)
-    assert model.config.dropout == 0.1 and model.transformer.drop.p == 0.1
+    assert model.config.dropout == 0.1 and model.transformer.h[0].attn.dropout == 0.1
     cfg = dict(train.DEFAULTS, init_from=str(tmp_path), dropout=0.1, n_layer=4, block_size=8)
     with pytest.raises(ValueError, match=f"n_layer=4 was asked for, but {tmp_path} has n_layer="):
         checkpoint.init_model(cfg, {'dropout', 'n_layer', 'block_size'}, meta=None)
