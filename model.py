@@ -13,9 +13,10 @@ tied embeddings). Modern options are plain GPTConfig fields picked at constructi
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65))
     logits, loss = model(idx, targets)
     out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=200)
+
+The attention, dropout and GELU at the end of the file are the one place where the device picks a kernel.
 """
 
-import inspect
 import math
 from dataclasses import dataclass, fields
 
@@ -85,36 +86,18 @@ class GPTConfig:
                        f'choose n_head among {sorted(near)} or n_embd a multiple of {self.n_head}')
         if self.n_head > 0 and self.n_kv_head > 0 and self.n_head % self.n_kv_head:
             divisors = [k for k in range(1, self.n_head + 1) if self.n_head % k == 0]
-            out.append(f'n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: '
-                       f'choose n_kv_head among {divisors}')
-        if (self.pos_emb == 'rope' and self.n_head > 0 and self.n_embd % self.n_head == 0
-                and self.head_size % 2):
+            out.append(f'n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: choose n_kv_head among {divisors}')
+        if self.pos_emb == 'rope' and self.n_head > 0 and self.n_embd % self.n_head == 0 and self.head_size % 2:
             out.append(f'rotary positions need an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} = {self.head_size}: '
                        f'change n_embd or n_head, or use pos_emb=\'learned\'')
         return out
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep GPT-2's eps)."""
-
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class RMSNorm(nn.Module):
-    """Not in GPT-2: scales by the root mean square only, no centring and no bias (Llama)."""
-
-    def __init__(self, ndim, bias=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-
-    def forward(self, x):
-        return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+def make_norm(config):
+    """GPT-2's LayerNorm (eps 1e-5, bias as config.bias), or RMSNorm (not in GPT-2: no centring, no bias; Llama)."""
+    if config.norm == 'layernorm':
+        return nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+    return nn.RMSNorm(config.n_embd, eps=1e-5)
 
 
 class Rotary(nn.Module):
@@ -138,8 +121,7 @@ class Rotary(nn.Module):
         self.sin.copy_(torch.cat((-angles.sin(), angles.sin()), dim=-1))
 
     def forward(self, x, start):
-        # x: (B, nh, T, hs); positions start..start+T-1. (x1 cos - x2 sin, x2 cos + x1 sin) in 3 operations, not 7:
-        # on CPUs the rotation of small heads costs its number of operations (7 took ~15% of a small model's step)
+        # x: (B, nh, T, hs) at positions start..: (x1 cos - x2 sin, x2 cos + x1 sin) in 3 operations, not 7 (CPUs)
         T = x.size(2)
         cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
@@ -147,37 +129,32 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, for generation only: training never creates one.
-    One preallocated (B, n_kv_head, max_len, hs) buffer per layer; `pos` is how many positions are filled."""
+    """Keys and values of the tokens seen so far, (B, n_kv_head, max_len, hs) per layer; for generation only."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (batch_size, config.n_kv_head, max_len, config.head_size)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.max_len = max_len
-        self.pos = 0
+        self.max_len, self.pos = max_len, 0  # pos: how many positions are filled
 
     def update(self, layer, k, v):
         """Store this step's k, v for `layer` and return all keys and values so far."""
-        T = k.size(2)
-        end = self.pos + T
+        end = self.pos + k.size(2)
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
-
     def __init__(self, config, layer_idx, rotary=None):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
-        self.layer_idx = layer_idx
+        self.layer_idx = layer_idx  # which of the KV cache's layers is this one's
         # query, key and value projections in one matmul; with grouped-query attention k and v are narrower
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.rotary = rotary  # shared by all layers; None for learned positions
         self.dropout = config.dropout
-        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()
@@ -190,97 +167,77 @@ class CausalSelfAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)
-        # causal mask: plain is_causal when queries and keys start together; a single new token sees everything;
-        # a chunk appended to a non-empty cache needs an explicit mask offset by the cache length
-        mask, is_causal = None, T > 1
-        if start > 0 and T > 1:
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            is_causal = False
-        dropout_p = self.dropout if self.training else 0.0
-        if dropout_p > 0 and x.device.type == 'cpu':
-            y = attention_with_dropout_cpu(q, k, v, dropout_p)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                               enable_gqa=self.n_kv_head != self.n_head)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, start + T, hs)
+        y = attention(q, k, v, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        return dropout(self.c_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
     """GPT-2's MLP: Linear, tanh-approximated GELU, Linear."""
+    width = 1  # c_fc's outputs per hidden unit
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, self.width * config.d_ff, bias=config.bias)
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = config.dropout
+
+    def activation(self, h):
+        return gelu(h)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+        return dropout(self.c_proj(self.activation(self.c_fc(x))), self.dropout, self.training)
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(MLP):
     """Not in GPT-2: a gated MLP, silu(x W_gate) * (x W_up) then W_down (Llama). c_fc holds gate and up stacked."""
+    width = 2
 
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 2 * config.d_ff, bias=config.bias)
-        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
-
-    def forward(self, x):
-        gate, up = self.c_fc(x).chunk(2, dim=-1)
-        return self.dropout(self.c_proj(F.silu(gate) * up))
+    def activation(self, h):
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
 
 class Block(nn.Module):
-
     def __init__(self, config, layer_idx, rotary=None):
         super().__init__()
-        Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
-        self.ln_1 = Norm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_idx, rotary)
-        self.ln_2 = Norm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config) if config.mlp == 'gelu' else SwiGLU(config)
 
     def forward(self, x, kv_cache=None):
         x = x + self.attn(self.ln_1(x), kv_cache)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise ValueError(f'GPT needs a GPTConfig, got {type(config).__name__}')
         self.config = config
         self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
-        device = torch.get_default_device()
+        device = torch.get_default_device()  # where the model is built
         with torch.device('meta'):  # no memory and no random draws yet: init_weights below sets every value
             rotary = Rotary(config.head_size, config.block_size, config.rope_theta) if config.pos_emb == 'rope' else None
-            Norm = LayerNorm if config.norm == 'layernorm' else RMSNorm
             self.transformer = nn.ModuleDict(dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
-                drop=Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i, rotary) for i in range(config.n_layer)]),
-                ln_f=Norm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config),
             ))
             self.rotary = rotary  # registered once here; the blocks hold references to the same module
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.to_empty(device=device)
-        if config.tie_embeddings:
-            # the output layer shares the token embedding matrix (https://paperswithcode.com/method/weight-tying)
+        if config.tie_embeddings:  # lm_head is wte (https://paperswithcode.com/method/weight-tying)
             self.transformer.wte.weight = self.lm_head.weight
         self.init_weights()
 
     def init_weights(self):
-        """GPT-2's initialization, drawn from the global generator one whole parameter after another in a fixed
-        order (named_parameters), so that parallel.py, which gives each process a shard of every parameter,
-        starts from the same weights as one process for the same seed; and the rotary tables."""
+        """GPT-2's initialization, each parameter drawn whole from the global generator in named_parameters'
+        order (so that parallel.py's shards start as one process does for a seed), and the rotary tables."""
         with torch.no_grad():
             for name, param in self.named_parameters():
                 self.init_parameter(name, param)
@@ -288,9 +245,8 @@ class GPT(nn.Module):
             self.rotary.reset_tables()
 
     def init_parameter(self, name, tensor):
-        """Set `tensor` to the initial value of parameter `name`: N(0, 0.02) for matrices and embeddings, norm
-        gains 1, biases 0. GPT-2 scales each residual-stream projection (c_proj) by 1/sqrt(2 * n_layer): two
-        additions per block, so the residual stream's variance stays bounded with depth."""
+        """Set `tensor` to parameter `name`'s initial value: N(0, 0.02), norm gains 1, biases 0; GPT-2 scales each
+        residual projection (c_proj) by 1/sqrt(2 * n_layer), two per block, to keep the residual variance bounded."""
         if name.endswith('bias'):
             torch.nn.init.zeros_(tensor)
         elif tensor.dim() == 1:  # norm gains
@@ -300,14 +256,12 @@ class GPT(nn.Module):
             torch.nn.init.normal_(tensor, mean=0.0, std=std)
 
     def get_num_params(self, non_embedding=True):
-        """Number of parameters (a tied matrix counts once). With non_embedding the position table is
-        left out, and the token embedding too when it is not also the output layer, as in nanoGPT."""
+        """Parameters (a tied matrix once); non_embedding leaves out wpe, and wte unless it is lm_head (nanoGPT)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            if self.transformer.wpe is not None:
-                n -= self.transformer.wpe.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.transformer.wte.weight.numel()
+        if non_embedding and self.transformer.wpe is not None:
+            n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(self, idx, targets=None, kv_cache=None):
@@ -320,7 +274,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
-        x = self.transformer.drop(x)
+        x = dropout(x, self.config.dropout, self.training)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)  # keeps only x; the block runs again in backward
@@ -332,10 +286,8 @@ class GPT(nn.Module):
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        else:
-            # inference: only the last position's logits are needed (a list index keeps the time dimension)
-            logits = self.lm_head(x[:, [-1], :])
-            loss = None
+        else:  # inference: only the last position's logits are needed (a list index keeps the time dimension)
+            logits, loss = self.lm_head(x[:, [-1], :]), None
         return logits, loss
 
     def crop_block_size(self, block_size):
@@ -347,8 +299,7 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
         if self.rotary is not None:
-            self.rotary.cos = self.rotary.cos[:block_size]
-            self.rotary.sin = self.rotary.sin[:block_size]
+            self.rotary.cos, self.rotary.sin = self.rotary.cos[:block_size], self.rotary.sin[:block_size]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (2-D tensors) only, not on biases and norm gains."""
@@ -356,37 +307,31 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-        # the fused kernel does the whole update in one launch per group; CUDA and (torch >= 2.4) CPU have it
-        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        fused = {'fused': True} if device_type in ('cuda', 'cpu') else {}  # the whole update in one launch per group
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **fused)
 
     def flops_per_token(self, seq_len=None):
-        """Training (forward + backward) FLOPs per token: 6 per parameter that multiplies (the embedding
-        lookups do not; a tied wte does, as lm_head) plus the attention scores and weighted sum,
-        12 * n_layer * seq_len * n_embd (PaLM paper, appendix B)."""
+        """Training (forward + backward) FLOPs per token: 6 per parameter that multiplies (a tied wte does, as
+        lm_head) plus 12 * n_layer * seq_len * n_embd for the attention scores and sum (PaLM, appendix B)."""
         T = seq_len or self.config.block_size
         return 6 * self.get_num_params(non_embedding=True) + 12 * self.config.n_layer * T * self.config.n_embd
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops, seq_len=None):
-        """Model FLOPs utilization: the FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as a
-        fraction of the device's peak_flops (machine.peak_flops)."""
+        """Model FLOPs utilization: fwdbwd_per_iter sequences in dt seconds as a fraction of peak_flops."""
         T = seq_len or self.config.block_size
         return self.flops_per_token(T) * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None, vocab_size=None):
-        """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens, with a key/value cache:
-        the prompt is run once (prefill), then each new token costs one position. temperature=0 is greedy.
-        Past block_size the context is cropped: when the cache is full, the last block_size // 2 tokens are
-        re-run as a fresh prefill and generation goes on from there, so each token sees at least half a
-        context and the re-prefill costs one forward pass every block_size // 2 tokens.
-        on_token(tokens (B, 1)) is called after each step, for streaming. vocab_size limits sampling to the ids
-        below it: a tokenizer may decode fewer ids than the model's padded vocabulary."""
+        """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens with a KV cache (temperature=0 is
+        greedy). When the cache is full, the last block_size // 2 tokens are re-run as a fresh prefill: each token
+        sees at least half a context. on_token(tokens (B, 1)) is called after each step, for streaming; vocab_size
+        limits sampling to the ids a tokenizer decodes. Nothing here waits for the device: a GPU runs ahead."""
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
-        param = self.lm_head.weight
-        dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else param.dtype
+        autocast = torch.is_autocast_enabled(idx.device.type)
+        dtype = torch.get_autocast_dtype(idx.device.type) if autocast else self.lm_head.weight.dtype
         cache = KVCache(self.config, idx.size(0), block_size, idx.device, dtype)
         logits, _ = self(idx[:, -block_size:], kv_cache=cache)
         for _ in range(max_new_tokens):
@@ -408,88 +353,92 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     from the softmax at that temperature, keeping the top_k most likely and the nucleus of mass top_p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # the top logit is 0: no overflow to NaN
+    logits = (logits.float() - logits.amax(dim=-1, keepdim=True)) / temperature  # the top logit is 0: no NaN
+    # masked_fill, not logits[mask] = ...: boolean indexing finds the mask's elements on the host, a GPU sync
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('inf')
+        logits = logits.masked_fill(logits < v[:, -1:], -float('inf'))
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         sorted_probs = sorted_logits.softmax(dim=-1)
         remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the token that crosses top_p
-        sorted_logits[remove] = -float('inf')
-        logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+        logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(remove, -float('inf')))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
-# ----------------------------------------------------------------------------------------------
-# CPU fast path: GPT-2's GELU without the tanh kernel
+# ---- kernels: attention, dropout and GELU, whose implementation is picked here and nowhere else ----------
 
 
-class TanhGELU(torch.autograd.Function):
-    """GPT-2's GELU, 0.5 x (1 + tanh(c (x + k x^3))), computed as x sigmoid(2c (x + k x^3)): the same function,
-    since 1 + tanh(z) = 2 sigmoid(2z), but faster on CPUs, whose PyTorch tanh kernel is ~4x slower than its
-    sigmoid: forward + backward 2.4x faster than F.gelu(approximate='tanh') on the CPU recipe's activations
-    (which made it ~15% of the step), as fast on large ones, where memory traffic bounds both. Like F.gelu it
-    keeps one tensor for the backward pass: the derivative itself, so that the backward pass is one multiply."""
-    C, K = math.sqrt(2 / math.pi), 0.044715
+def cpu_eager(x):
+    """Whether x takes the CPU kernels below. PyTorch's tanh-GELU, dropout and attention with dropout are slow on
+    CPUs (docs/benchmarks.md); under torch.compile, inductor fuses PyTorch's own (and cannot trace random_)."""
+    return x.device.type == 'cpu' and not torch.compiler.is_compiling()
+
+
+def attention(q, k, v, dropout_p):
+    """Causal attention of q (B, nh, T, hs), the last T of the S positions of k, v (B, nkv, S, hs) (S > T: cached)."""
+    T, S = q.size(2), k.size(2)
+    if dropout_p > 0 and cpu_eager(q):
+        return cpu_attention_with_dropout(q, k, v, dropout_p)
+    # plain Python branches, so that torch.compile sees a constant is_causal even when T is a symbol
+    mask, is_causal = None, False  # a single new token sees every key
+    if T > 1 and S == T:  # queries and keys start together
+        is_causal = True
+    elif T > 1:  # a chunk appended to the cache: the causal mask shifted by the S - T cached positions
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                          enable_gqa=k.size(1) != q.size(1))
+
+
+def dropout(x, p, training):
+    """F.dropout(x, p, training); in eager mode on CPUs with masks from cpu_dropout_keep, the same arithmetic."""
+    if training and p > 0 and cpu_eager(x):
+        return x * cpu_dropout_keep(x.shape, p).to(x.dtype).div_(1 - p)
+    return F.dropout(x, p, training)
+
+
+def gelu(x):
+    """GPT-2's GELU, F.gelu(x, approximate='tanh'); by CPUTanhGELU for float32 in eager mode on CPUs."""
+    if x.dtype == torch.float32 and cpu_eager(x):
+        return CPUTanhGELU.apply(x)
+    return F.gelu(x, approximate='tanh')
+
+
+class CPUTanhGELU(torch.autograd.Function):
+    """GPT-2's GELU as x sigmoid(2C (x + K x^3)), the same function since 1 + tanh(z) = 2 sigmoid(2z): PyTorch's
+    CPU tanh is slower than its sigmoid. It keeps one tensor for backward, the derivative: one multiply there."""
+    C, K = math.sqrt(2 / math.pi), 0.044715  # GPT-2's 0.5 x (1 + tanh(C (x + K x^3)))
 
     @staticmethod
     def forward(ctx, x):
-        c2 = x.new_tensor(2 * TanhGELU.C)
-        s = torch.addcmul(c2, x, x, value=2 * TanhGELU.C * TanhGELU.K).mul_(x).sigmoid_()  # sigmoid(v), v = 2c (x + k x^3)
+        C, K = CPUTanhGELU.C, CPUTanhGELU.K
+        c2 = x.new_tensor(2 * C)
+        s = torch.addcmul(c2, x, x, value=2 * C * K).mul_(x).sigmoid_()  # sigmoid(v), v = 2C (x + K x^3)
         if ctx.needs_input_grad[0]:
-            # d/dx x sigmoid(v) = s + x v' s (1 - s), with v' = 2c (1 + 3k x^2)
-            d = torch.addcmul(c2, x, x, value=6 * TanhGELU.C * TanhGELU.K).mul_(x)  # x v'
+            # d/dx x sigmoid(v) = s + x v' s (1 - s), with v' = 2C (1 + 3K x^2)
+            d = torch.addcmul(c2, x, x, value=6 * C * K).mul_(x)  # x v'
             torch.ops.aten.sigmoid_backward.grad_input(d, s, grad_input=d)  # x v' s (1 - s), in place
             ctx.save_for_backward(d.add_(s))
         return s.mul_(x)
 
     @staticmethod
     def backward(ctx, grad):
-        derivative, = ctx.saved_tensors
-        return grad * derivative
+        return grad * ctx.saved_tensors[0]  # the derivative
 
 
-def gelu_tanh(x):
-    """F.gelu(x, approximate='tanh'); by TanhGELU for float32 on CPUs (GPUs compute F.gelu in one fused kernel)."""
-    if x.device.type == 'cpu' and x.dtype == torch.float32:
-        return TanhGELU.apply(x)
-    return F.gelu(x, approximate='tanh')
-
-
-# ----------------------------------------------------------------------------------------------
-# CPU fast path: dropout from 32 random bits per element, and attention with dropout
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout, whose masks come from dropout_keep on CPUs (F.dropout elsewhere)."""
-
-    def forward(self, x):
-        if not self.training or self.p == 0 or x.device.type != 'cpu':
-            return F.dropout(x, self.p, self.training)
-        return x * dropout_keep(x.shape, self.p).to(x.dtype).div_(1 - self.p)  # F.dropout's arithmetic
-
-
-def dropout_keep(shape, p):
-    """Which elements dropout keeps, a bool tensor: each is False with probability p, drawn from torch's global
-    generator. F.dropout's CPU kernel draws one Bernoulli number at a time (~6 ns each on AMD CPUs, which MKL's
-    fast path skips: 60% of the baby GPT's bf16 step went to dropout); filling int64s with 64 random bits each
-    and cutting them into 32-bit numbers costs ~1.3 ns per element. An element is dropped when its number u,
-    uniform in [0, 2^32), is below floor(p 2^32): probability p within 2^-32, closer than p's float32 rounding."""
+def cpu_dropout_keep(shape, p):
+    """Which elements dropout keeps (bool), from torch's global generator: 64 random bits per int64 cut into two
+    32-bit numbers u, faster than F.dropout's one Bernoulli draw at a time. An element is dropped when u, uniform
+    in [0, 2^32), is below floor(p 2^32): probability p within 2^-32, closer than p's float32 rounding."""
     n = math.prod(shape)
     words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2 ** 63, None)  # 64 uniform bits each
     u = words.view(torch.int32)[:n].view(shape)  # u - 2^31, as signed 32-bit integers
     return u >= int(p * 2 ** 32) - 2 ** 31
 
 
-def attention_with_dropout_cpu(q, k, v, dropout_p):
-    """Causal attention with dropout on the probabilities, for training on CPUs. PyTorch's CPU SDPA falls
-    back to its unfused math path when dropout_p > 0, which also casts bf16 to fp32 (its bmms then ran at an
-    eighth of the bf16 speed) and draws its masks one by one. Here the operations are nanoGPT's manual
-    attention, in the autocast dtype (fp32 or bf16 scores, as nanoGPT's matmul gives them; the softmax
-    accumulates in fp32), with dropout_keep. q: (B, nh, T, hs); k, v: (B, nkv, T, hs)."""
+def cpu_attention_with_dropout(q, k, v, dropout_p):
+    """Causal attention with dropout on the probabilities (SDPA's CPU path with dropout is unfused and fp32):
+    nanoGPT's manual attention in the autocast dtype with cpu_dropout_keep. q: (B, nh, T, hs); k, v: (B, nkv, T, hs)."""
     T, hs = q.size(-2), q.size(-1)
     if k.size(1) != q.size(1):  # grouped-query attention: each key/value head serves n_head // n_kv_head queries
         k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
@@ -498,4 +447,4 @@ def attention_with_dropout_cpu(q, k, v, dropout_p):
     causal = torch.full((T, T), float('-inf'), device=q.device).triu(1).to(att.dtype)
     att = F.softmax(att + causal, dim=-1)
     # dropout's 1 / (1 - p) scales v, T / hs times fewer elements than att (the same product up to rounding)
-    return (att * dropout_keep(att.shape, dropout_p).to(att.dtype)) @ (v * (1 / (1 - dropout_p)))
+    return (att * cpu_dropout_keep(att.shape, dropout_p).to(att.dtype)) @ (v * (1 / (1 - dropout_p)))

@@ -1,4 +1,4 @@
-"""The CPU dropout of model.py (dropout_keep, Dropout, attention_with_dropout_cpu) is exact dropout: each element
+"""The CPU dropout of model.py (cpu_dropout_keep, dropout, cpu_attention_with_dropout) is exact dropout: each element
 is zeroed with probability p, the survivors are scaled by 1 / (1 - p), the draws come from torch's global
 generator (so a checkpoint's rng_state resumes them), and the gradients are those of the same masked function."""
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, Dropout, attention_with_dropout_cpu, dropout_keep
+from model import GPT, GPTConfig, cpu_attention_with_dropout, cpu_dropout_keep, dropout
 
 
 @pytest.mark.parametrize('p', [0.1, 0.2, 0.5, 0.9])
 def test_each_element_is_dropped_with_probability_p(p):
     torch.manual_seed(0)
     n = 1_000_001  # odd: the last 32-bit number is half of a 64-bit word
-    keep = dropout_keep((n,), p)
+    keep = cpu_dropout_keep((n,), p)
     assert keep.dtype == torch.bool and keep.shape == (n,)
     sigma = math.sqrt(p * (1 - p) / (n // 2))
     # both halves of each 64-bit word, and the start and end of the tensor, are fair
@@ -28,31 +28,29 @@ def test_each_element_is_dropped_with_probability_p(p):
 
 def test_masks_come_from_the_global_generator():
     torch.manual_seed(1)
-    a = dropout_keep((64, 65), 0.3)
+    a = cpu_dropout_keep((64, 65), 0.3)
     state = torch.get_rng_state()
-    b = dropout_keep((64, 65), 0.3)
+    b = cpu_dropout_keep((64, 65), 0.3)
     torch.set_rng_state(state)  # what a resumed run does with its checkpoint's rng_state
-    assert torch.equal(dropout_keep((64, 65), 0.3), b)
+    assert torch.equal(cpu_dropout_keep((64, 65), 0.3), b)
     assert not torch.equal(a, b)  # the generator moved on
     torch.manual_seed(1)
-    assert torch.equal(dropout_keep((64, 65), 0.3), a)
+    assert torch.equal(cpu_dropout_keep((64, 65), 0.3), a)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_dropout_zeroes_and_scales_and_its_gradient_is_the_mask(dtype):
     p = 0.2
     x = torch.randn(256, 384).to(dtype).requires_grad_()
-    drop = Dropout(p)
     torch.manual_seed(2)
-    y = drop(x)
+    y = dropout(x, p, training=True)
     torch.manual_seed(2)
-    keep = dropout_keep(x.shape, p)
+    keep = cpu_dropout_keep(x.shape, p)
     scale = torch.tensor(1 / (1 - p), dtype=dtype)  # as F.dropout, the scale is rounded to the dtype
     assert y.dtype == dtype and torch.equal(y, torch.where(keep, x.detach() * scale, 0))
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad, torch.where(keep, scale, 0))
-    drop.eval()
-    assert torch.equal(drop(x), x)  # the identity in evaluation
+    assert torch.equal(dropout(x, p, training=False), x)  # the identity in evaluation
 
 
 def reference_attention(q, k, v, keep, p):
@@ -70,9 +68,9 @@ def test_attention_with_dropout_equals_masked_attention_and_its_gradients():
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     torch.manual_seed(4)
-    y = attention_with_dropout_cpu(q, k, v, p)
+    y = cpu_attention_with_dropout(q, k, v, p)
     torch.manual_seed(4)
-    keep = dropout_keep((2, 3, 16, 16), p)
+    keep = cpu_dropout_keep((2, 3, 16, 16), p)
     ref = reference_attention(q64, k64, v64, keep, p)
     assert torch.allclose(y.double(), ref, atol=1e-5)
     g = torch.randn_like(y)
@@ -87,9 +85,9 @@ def test_attention_with_dropout_serves_grouped_query_heads():
     q = torch.randn(2, 4, 8, 8)
     k, v = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
     torch.manual_seed(6)
-    y = attention_with_dropout_cpu(q, k, v, 0.3)
+    y = cpu_attention_with_dropout(q, k, v, 0.3)
     torch.manual_seed(6)
-    y_repeated = attention_with_dropout_cpu(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), 0.3)
+    y_repeated = cpu_attention_with_dropout(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), 0.3)
     assert torch.equal(y, y_repeated)
 
 
@@ -97,7 +95,7 @@ def test_without_dropout_attention_is_sdpa():
     """p -> 0 keeps everything: the same function as F.scaled_dot_product_attention."""
     torch.manual_seed(7)
     q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
-    y = attention_with_dropout_cpu(q, k, v, 1e-12)
+    y = cpu_attention_with_dropout(q, k, v, 1e-12)
     assert torch.allclose(y, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
 
 

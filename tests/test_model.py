@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from configurator import configure
 from model import GPT, GPTConfig, KVCache, sample_next
@@ -243,6 +244,33 @@ def test_sampling_filters():
     assert torch.allclose(freq, F.softmax(logits[0], -1), atol=0.03)
 
 
+class HostSyncs(TorchDispatchMode):
+    """Records the operations that make the host wait for a GPU: reading a value (.item(), nonzero) and boolean-mask
+    indexing (which calls nonzero on CUDA). On the CPU they run as usual; recording them shows where a GPU would wait."""
+    READS = {'aten._local_scalar_dense', 'aten.nonzero', 'aten.is_nonzero', 'aten.equal', 'aten.item'}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        masks = name in ('aten.index', 'aten.index_put', 'aten.index_put_') and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        if name in self.READS or masks:
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('sampling', [dict(temperature=0), dict(temperature=0.8, top_k=5, top_p=0.9)])
+def test_generation_never_waits_for_the_device(sampling):
+    """Issue 21: no host sync per generated token (prefill, steps and the cache refill past block_size)."""
+    model = tiny_model(**VARIANTS['llama'])
+    with HostSyncs() as syncs:
+        out = model.generate(torch.randint(0, 37, (2, 5)), 30, **sampling)
+    assert out.shape == (2, 35) and syncs.found == []
+
+
 def test_crop_block_size():
     for variant in ('gpt2', 'rope'):
         model = tiny_model(**VARIANTS[variant])
@@ -275,18 +303,18 @@ def test_flops_and_mfu():
 
 
 def test_tanh_gelu_equals_f_gelu():
-    """The sigmoid form of GPT-2's GELU (model.TanhGELU): value and gradient as F.gelu's, to float32 rounding."""
-    from model import gelu_tanh
+    """The sigmoid form of GPT-2's GELU (model.CPUTanhGELU): value and gradient as F.gelu's, to float32 rounding."""
+    from model import gelu
     x = (torch.randn(10_000, dtype=torch.float64) * 4).requires_grad_()
     ref = F.gelu(x, approximate='tanh')
     (ref_grad,) = torch.autograd.grad(ref.sum(), x)
     x32 = x.detach().float().requires_grad_()
-    y = gelu_tanh(x32)
+    y = gelu(x32)
     y.sum().backward()
     assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-6)
     assert torch.allclose(x32.grad.double(), ref_grad, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # no derivative is kept, the value is the same
-        assert torch.equal(gelu_tanh(x32), y)
+        assert torch.equal(gelu(x32), y)
 
 
 def test_dropout_only_in_training_mode():

@@ -159,7 +159,7 @@ def test_a_pretrained_model_may_change_dropout_only(tmp_path):
     with pytest.raises(ValueError, match=f"n_layer=4 was asked for, but {tmp_path} has n_layer="):
         init_model('--dropout=0.1', '--n_layer=4', '--block_size=8')
     model = init_model('--dropout=0.1', '--block_size=8')
-    assert (model.config.block_size, model.config.dropout) == (8, 0.1) and model.transformer.drop.p == 0.1
+    assert (model.config.block_size, model.config.dropout) == (8, 0.1) and model.transformer.h[0].attn.dropout == 0.1
 
 
 @pytest.fixture
