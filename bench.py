@@ -206,7 +206,8 @@ def peak(cfg, m):
     flops = machine.peak_flops(m.device, m.dtype)
     if flops is None:
         return None, f'unknown for {machine.device_name(m.device)}: pass --peak_flops'
-    return flops, 'machine.py table' if m.device_type == 'cuda' else f'measured {m.dtype} matmul'
+    in_table = m.device_type == 'cuda' and machine.gpu_table_peak(machine.device_name(m.device))
+    return flops, 'gpu_peak_flops.csv' if in_table else f'measured {m.dtype} matmul'
 
 
 def bench(cfg, given, m):
@@ -235,6 +236,8 @@ def bench(cfg, given, m):
                           cfg['grad_clip'])
 
     result['train'] = measure_training(model, step, m, cfg)
+    result['memory'] = m.peak_memory()  # after training: the model, its optimizer state and a step's activations
+    report(m.peak_memory_text() or 'peak memory unknown here', cfg)
     if cfg['profile']:
         path, table = profile_training(step, m, cfg)
         result['profile_trace'] = path

@@ -266,9 +266,9 @@ def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_va
                 if log.peak_flops and iter_num - start_iter >= 5 else None  # after allocation and compilation
             log.step(iter_num, lossf, lr, dt, mfu, eta)
     if m.master:
-        peak = m.peak_memory()
+        peak = m.peak_memory_text()
         print(f'done in {format_seconds(time.time() - t_start)}; best val loss {best_val_loss:.4f}'
-              + (f'; peak memory of this process {peak / 1e9:.2f} GB' if peak else ''))
+              + (f'; {peak}' if peak else ''))
     return losses_logged
 
 
