@@ -29,6 +29,7 @@ def check_result(result, tokens_per_iter):
     assert train['tokens_per_s'] == pytest.approx(tokens_per_iter / ms['median'] * 1000)
     assert train['tflops'] == pytest.approx(train['flops_per_token'] * train['tokens_per_s'] / 1e12)
     assert 0 < train['mfu'] < 1  # against this CPU's measured matmul peak
+    assert result['memory']['resident'] > 0  # peak memory (on a GPU: allocated and reserved)
     generate = result['generate']
     assert generate['new_tokens'] == 6 and generate['prompt_tokens'] == 8
     for key in ('prefill_ms', 'decode_tokens_per_s'):
