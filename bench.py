@@ -28,7 +28,7 @@ import torch
 
 import checkpoint
 import dataset
-import machine
+import machine as machines
 from configurator import cli, configure
 from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
 from training import configure_optimizer, setting_problems, tokens_per_iter, train_step
@@ -77,10 +77,10 @@ def check_settings(cfg):
         raise ValueError('; '.join(problems))
 
 
-def resolve(cfg, m):
-    """The benchmark's settings: cfg with the sizes left at None decided for the Machine m's device, the
+def resolve(cfg, machine):
+    """The benchmark's settings: cfg with the sizes left at None decided for the machine's device, the
     machine's decisions, and synthetic decided (random tokens when the bins are missing)."""
-    auto = AUTO['gpu' if m.device_type == 'cuda' else 'cpu']
+    auto = AUTO['gpu' if machine.device_type == 'cuda' else 'cpu']
     if cfg['init_from'] != 'scratch':
         auto = {k: v for k, v in auto.items() if k != 'block_size'}  # the model's own context, unless given
     data_dir = dataset.folder(cfg['dataset'], cfg['data_dir'])
@@ -88,7 +88,7 @@ def resolve(cfg, m):
     if synthetic is None:
         synthetic = not os.path.exists(os.path.join(data_dir, 'train.bin'))
     return cfg.replace(**{k: v for k, v in auto.items() if cfg[k] is None}, synthetic=synthetic,
-                       device=m.device, dtype=m.dtype, compile=m.compile)
+                       device=machine.device, dtype=machine.dtype, compile=machine.compile)
 
 
 class RandomBatches:
@@ -111,14 +111,14 @@ def spread(values):
     return {'median': statistics.median(values), 'min': min(values), 'max': max(values)}
 
 
-def time_training(step, m, cfg):
+def time_training(step, machine, cfg):
     """Seconds per training step (step(iter_num)), for cfg['steps'] steps after cfg['warmup'] untimed ones."""
     seconds = []
     for it in range(cfg['warmup'] + cfg['steps']):
-        m.synchronize()
+        machine.synchronize()
         t0 = time.perf_counter()
         loss = step(it)
-        m.synchronize()
+        machine.synchronize()
         if it >= cfg['warmup']:
             seconds.append(time.perf_counter() - t0)
     if not torch.isfinite(loss):
@@ -126,15 +126,15 @@ def time_training(step, m, cfg):
     return seconds
 
 
-def profile_training(step, m, cfg, steps=3):
+def profile_training(step, machine, cfg, steps=3):
     """Profile a few more steps: a Chrome trace (chrome://tracing, ui.perfetto.dev) and the top ops as a table."""
     from torch.profiler import ProfilerActivity, profile
-    cuda = m.device_type == 'cuda'
+    cuda = machine.device_type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for it in range(steps):
             step(it)
-        m.synchronize()
+        machine.synchronize()
     path = os.path.join(cfg['out_dir'], 'bench_trace.json')
     os.makedirs(cfg['out_dir'], exist_ok=True)
     prof.export_chrome_trace(path)
@@ -142,7 +142,7 @@ def profile_training(step, m, cfg, steps=3):
     return path, table
 
 
-def time_generation(model, m, cfg):
+def time_generation(model, machine, cfg):
     """Prefill seconds and decode tokens/s of model.generate (batch 1, the KV cache, sample.py's sampling
     settings), per run. The first token comes out of the prefill; each later one costs one decode step, so
     the times at which on_token sees the tokens split the two."""
@@ -151,16 +151,16 @@ def time_generation(model, m, cfg):
     prefill, decode = [], []
     for run in range(GENERATE_RUNS + 1):  # run 0 warms up, briefly
         n = 2 if run == 0 else cfg['generate_tokens']
-        prompt = torch.randint(vocab_size, (1, cfg['prompt_tokens']), generator=g).to(m.device)
+        prompt = torch.randint(vocab_size, (1, cfg['prompt_tokens']), generator=g).to(machine.device)
         times = []
 
         def on_token(tokens):
-            m.synchronize()  # as a streaming caller would, to print the token
+            machine.synchronize()  # as a streaming caller would, to print the token
             times.append(time.perf_counter())
 
-        m.synchronize()
+        machine.synchronize()
         t0 = time.perf_counter()
-        with m.autocast():
+        with machine.autocast():
             model.generate(prompt, n, **SAMPLING, on_token=on_token)
         if run > 0:
             prefill.append(times[0] - t0)
@@ -168,23 +168,23 @@ def time_generation(model, m, cfg):
     return prefill, decode
 
 
-def build(cfg, m):
+def build(cfg, machine):
     """(model on the device, batches, data_dir): the model as train.py builds it (checkpoint.init_model),
     batches of the dataset's bins or, when cfg['synthetic'], of random tokens."""
     data_dir = dataset.folder(cfg['dataset'], cfg['data_dir'])
     if not cfg['synthetic'] and not os.path.exists(os.path.join(data_dir, 'train.bin')):
         import corpus  # writes the bins of a built-in dataset (Tiny Shakespeare) the first time
-        corpus.prepare_missing(cfg['dataset'], data_dir, m.master)
+        corpus.prepare_missing(cfg['dataset'], data_dir, machine.master)
     meta = dataset.load_meta(data_dir)  # the dataset's vocabulary, for real and random tokens alike
-    model, _ = checkpoint.init_model(cfg, meta, m)
+    model, _ = checkpoint.init_model(cfg, meta, machine)
     block_size, batch_size = model.config.block_size, cfg['batch_size']
     if cfg['prompt_tokens'] > block_size:
         raise ValueError(f"prompt_tokens={cfg['prompt_tokens']} is longer than the context, block_size={block_size}")
-    model.to(m.device)
+    model.to(machine.device)
     if cfg['synthetic']:
-        batches = RandomBatches(model.config.vocab_size, block_size, batch_size, m.device, cfg['seed'])
+        batches = RandomBatches(model.config.vocab_size, block_size, batch_size, machine.device, cfg['seed'])
     else:
-        batches = dataset.Batches(data_dir, meta, block_size, batch_size, m.device, cfg['seed'],
+        batches = dataset.Batches(data_dir, meta, block_size, batch_size, machine.device, cfg['seed'],
                                   model.config.vocab_size)
     return model, batches, data_dir
 
@@ -194,56 +194,59 @@ def report(text, cfg):
     print(text, file=sys.stderr if cfg['json'] else sys.stdout, flush=True)
 
 
-def peak(cfg, m):
+def peak(cfg, machine):
     """(peak FLOP/s or None when unknown, where it comes from); measured here on a CPU, before the timed steps."""
     if cfg['peak_flops']:
         return cfg['peak_flops'], '--peak_flops'
-    flops = m.peak_flops
+    flops = machine.peak_flops
     if flops is None:
-        return None, f'unknown for {machine.device_name(m.device)}: pass --peak_flops'
-    return flops, 'machine.py table' if m.device_type == 'cuda' else f'measured {m.dtype} matmul'
+        return None, f'unknown for {machines.device_name(machine.device)}: pass --peak_flops'
+    in_table = machine.device_type == 'cuda' and machines.gpu_table_peak(machines.device_name(machine.device))
+    return flops, 'gpu_peak_flops.csv' if in_table else f'measured {machine.dtype} matmul'
 
 
-def bench(cfg, m):
-    """Run the benchmark that cfg (resolved: see resolve) describes on the Machine m; returns the results as a dict."""
+def bench(cfg, machine):
+    """Run the benchmark that cfg (resolved: see resolve) describes on the machine; returns the results as a dict."""
     torch.manual_seed(cfg['seed'])
-    model, batches, data_dir = build(cfg, m)
+    model, batches, data_dir = build(cfg, machine)
     cfg = cfg.replace(**checkpoint.model_args(model.config, full=True))  # the model's real architecture
-    scaler = torch.amp.GradScaler(m.device_type, enabled=m.dtype == 'float16')
-    optimizer = configure_optimizer(model, cfg, m)
+    scaler = torch.amp.GradScaler(machine.device_type, enabled=machine.dtype == 'float16')
+    optimizer = configure_optimizer(model, cfg, machine)
     result = {
-        'device': m.device, 'device_name': machine.device_name(m.device), 'torch': torch.__version__,
-        'dtype': m.dtype, 'compile': m.compile, 'data': 'synthetic' if cfg['synthetic'] else data_dir,
+        'device': machine.device, 'device_name': machines.device_name(machine.device), 'torch': torch.__version__,
+        'dtype': machine.dtype, 'compile': machine.compile, 'data': 'synthetic' if cfg['synthetic'] else data_dir,
         'params': model.get_num_params(), 'model_args': checkpoint.model_args(model.config, full=True),
         'config': dict(cfg),
     }
     report(f"{result['params'] / 1e6:.2f}M parameters ({model.config.n_layer} layers, n_embd {model.config.n_embd}, "
-           f"vocab {model.config.vocab_size}); {m.device} ({result['device_name']}), torch {torch.__version__}, "
-           f"{m.dtype}, compile {m.compile}, {'random tokens' if cfg['synthetic'] else 'data ' + data_dir}\n"
+           f"vocab {model.config.vocab_size}); {machine.device} ({result['device_name']}), torch {torch.__version__}, "
+           f"{machine.dtype}, compile {machine.compile}, {'random tokens' if cfg['synthetic'] else 'data ' + data_dir}\n"
            'config: ' + ', '.join(f'{k}={v!r}' for k, v in cfg.items()), cfg)
 
-    train_model = torch.compile(model) if m.compile else model
+    train_model = torch.compile(model) if machine.compile else model
 
     def step(iter_num):
-        return train_step(train_model, optimizer, scaler, batches, iter_num, cfg, m)
+        return train_step(train_model, optimizer, scaler, batches, iter_num, cfg, machine)
 
-    result['train'] = measure_training(model, step, m, cfg)
+    result['train'] = measure_training(model, step, machine, cfg)
+    result['memory'] = machine.peak_memory()  # after training: the model, its optimizer state and a step's activations
+    report(machine.peak_memory_text() or 'peak memory unknown here', cfg)
     if cfg['profile']:
-        path, table = profile_training(step, m, cfg)
+        path, table = profile_training(step, machine, cfg)
         result['profile_trace'] = path
         report(f'{table}\nprofile: Chrome trace of 3 steps in {path}', cfg)
 
     if cfg['generate_tokens']:
-        result['generate'] = measure_generation(model, m, cfg)
+        result['generate'] = measure_generation(model, machine, cfg)
     if cfg['json']:
         print(json.dumps(result))
     return result
 
 
-def measure_training(model, step, m, cfg):
+def measure_training(model, step, machine, cfg):
     """Time cfg['steps'] training steps; the result's 'train' entry, reported as it is measured."""
-    peak_flops, peak_source = peak(cfg, m)
-    seconds = time_training(step, m, cfg)
+    peak_flops, peak_source = peak(cfg, machine)
+    seconds = time_training(step, machine, cfg)
     T, accum = cfg['block_size'], cfg['gradient_accumulation_steps']
     tokens = tokens_per_iter(cfg)
     dt = statistics.median(seconds)
@@ -269,9 +272,9 @@ def measure_training(model, step, m, cfg):
     return r
 
 
-def measure_generation(model, m, cfg):
+def measure_generation(model, machine, cfg):
     """Time generation as sample.py generates; the result's 'generate' entry, reported as it is measured."""
-    prefill, decode = time_generation(model, m, cfg)
+    prefill, decode = time_generation(model, machine, cfg)
     g = {
         'batch_size': 1, 'prompt_tokens': cfg['prompt_tokens'], 'new_tokens': cfg['generate_tokens'],
         'runs': GENERATE_RUNS, 'kv_cache': True, 'compile': False,
@@ -290,11 +293,11 @@ def measure_generation(model, m, cfg):
 def main(argv=None):
     cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
     check_settings(cfg)
-    m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'], peak_flops=cfg['peak_flops'])
-    if m.world_size > 1:  # under torchrun setup joined its process group: leave it
-        machine.teardown()
+    machine = machines.setup(cfg['device'], cfg['dtype'], cfg['compile'], peak_flops=cfg['peak_flops'])
+    if machine.world_size > 1:  # under torchrun setup joined its process group: leave it
+        machines.teardown()
         raise ValueError('bench.py times one process: run it with python, not torchrun')
-    return bench(resolve(cfg, m), m)
+    return bench(resolve(cfg, machine), machine)
 
 
 if __name__ == '__main__':

@@ -133,11 +133,15 @@ class Batches:
             raise ValueError(f'{split}.bin in {self.data_dir} holds token id {xy.max()}, but the model has only '
                              f'{self.vocab_size} (ids 0..{self.vocab_size - 1}): the bins were made with another '
                              'tokenizer than meta.pkl says; prepare the dataset again')
-        xy = torch.from_numpy(xy.astype(np.int64))
-        x, y = xy[:, :-1], xy[:, 1:]
+        # inputs and targets as one contiguous (2, B, T) block: pinned memory must be contiguous, or the copy to
+        # the GPU goes through an unpinned temporary and non_blocking does nothing; one copy instead of two
+        xy = torch.from_numpy(np.stack([xy[:, :-1], xy[:, 1:]]).astype(np.int64))
         if self.device.startswith('cuda'):
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+            xy = xy.pin_memory().to(self.device, non_blocking=True)
+        else:
+            xy = xy.to(self.device)
+        x, y = xy  # each a contiguous (B, T)
+        return x, y
 
 
 class Tokenizer:

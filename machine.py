@@ -5,15 +5,19 @@ the torchrun process group, and the peak FLOP/s that MFU is measured against.
     m = machine.setup(device='auto', dtype='auto', compile=None)   # joins torchrun's group if there is one
     with m.autocast():
         logits, loss = model(x, y)
+    m.peak_flops   # the peak_flops given to setup if > 0, else the GPU's from gpu_peak_flops.csv, else measured
 
 The Machine it returns is frozen: every script reads these decisions from it and nobody changes them.
 """
 
 import contextlib
+import csv
 import ctypes
+import datetime
 import functools
 import gc
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +27,12 @@ import torch.distributed as dist
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 BACKENDS = ('auto', 'nccl', 'gloo')
+# NCCL carries CUDA tensors only: FSDP's CPU offload clips gradients and runs Muon's all-gathers on CPU tensors,
+# so a GPU group has gloo beside NCCL for them (as torchtitan's)
+GPU_BACKEND = 'cuda:nccl,cpu:gloo'
+# NCCL's watchdog ends a run whose collective waits 10 minutes; rank 0 writing a large model's ckpt.pt alone
+# (7B with AdamW: ~110 GB) keeps the others waiting in the next collective longer than that on a slow disk
+GROUP_TIMEOUT = datetime.timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -33,20 +43,9 @@ class Machine:
     rank: int = 0  # this process among all of torchrun's
     local_rank: int = 0  # this process on its node: its GPU
     world_size: int = 1
-    backend: str = ''  # of the process group; '' for a single process
-    peak_flops_given: float = 0.0
-
-    @functools.cached_property
-    def peak_flops(self):
-        return self.peak_flops_given or peak_flops(self.device, self.dtype)
-
-    @property
-    def native_bf16(self):
-        return resolve_dtype('auto', self.device) == 'bfloat16'
-
-    def peak_memory_line(self):
-        peak = self.peak_memory()
-        return f'; peak memory of this process {peak / 1e9:.2f} GB' if peak else ''
+    backend: str = ''  # of the process group ('cuda:nccl,cpu:gloo' on GPUs); '' for a single process
+    native_bf16: bool = False  # the device computes bf16 natively (CUDA compute capability >= 8.0, AVX512-BF16/AMX)
+    given_peak_flops: float = 0.0  # the peak_flops key; 0: the GPU table, else measured (see peak_flops)
 
     @property
     def device_type(self):
@@ -63,17 +62,29 @@ class Machine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=DTYPES[self.dtype])
 
+    @functools.cached_property
+    def peak_flops(self):
+        """Peak FLOP/s for MFU, or None when unknown (MPS): the peak_flops given to setup if > 0, else the GPU's
+        from gpu_peak_flops.csv, else a matmul measured on this device (once, when first read)."""
+        return self.given_peak_flops or peak_flops(self.device, self.dtype)
+
     def peak_memory(self):
-        """Bytes: the most this process's tensors held on its GPU (torch.cuda.max_memory_allocated), else the
-        peak resident memory of the whole process (the CPU, where tensors share it with everything else); None
-        where unknown (Windows)."""
+        """Bytes, {} where unknown (Windows). On a GPU the most this process's tensors held ('allocated') and the
+        most its caching allocator held ('reserved': nvidia-smi shows that plus the CUDA context, ~0.5 GB); on
+        the CPU the peak resident memory of the whole process ('resident')."""
         if self.device_type == 'cuda':
-            return torch.cuda.max_memory_allocated(self.device)
+            return {'allocated': torch.cuda.max_memory_allocated(self.device),
+                    'reserved': torch.cuda.max_memory_reserved(self.device)}
         try:
             import resource  # Unix only
         except ImportError:
-            return None
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)
+            return {}
+        return {'resident': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024)}
+
+    def peak_memory_text(self):
+        """peak_memory as 'peak memory of this process 1.20 GB allocated, 1.50 GB reserved', '' where unknown."""
+        peak = self.peak_memory()
+        return 'peak memory of this process ' + ', '.join(f'{v / 1e9:.2f} GB {k}' for k, v in peak.items()) if peak else ''
 
     def synchronize(self):
         """Wait for the device's queued work, so that a clock measures it."""
@@ -85,7 +96,8 @@ class Machine:
 
 def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=0.0):
     """Decide the machine and, under torchrun (RANK set), join the process group. The device is decided
-    first: with CUDA every process takes the GPU of its LOCAL_RANK, and the group uses nccl on GPUs."""
+    first: with CUDA every process takes the GPU of its LOCAL_RANK, and the group uses NCCL for CUDA tensors
+    and gloo for CPU ones. peak_flops > 0 is the device's peak FLOP/s for MFU (Machine.peak_flops)."""
     rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
                                     (('RANK', -1), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
     distributed = rank != -1
@@ -96,11 +108,13 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
         if device.startswith('cuda'):
             device = f'cuda:{local_rank}'  # one GPU per process
             torch.cuda.set_device(device)
-        if backend == 'auto':
-            backend = 'nccl' if device.startswith('cuda') else 'gloo'
         if backend == 'nccl' and not device.startswith('cuda'):
             raise ValueError(f"backend='nccl' needs CUDA GPUs, but the device is {device}: use --backend=gloo")
-        dist.init_process_group(backend=backend)
+        if backend in ('auto', 'nccl'):
+            backend = GPU_BACKEND if device.startswith('cuda') else 'gloo'
+        # device_id: NCCL binds its communicator to this GPU now instead of guessing it at the first collective
+        dist.init_process_group(backend=backend, timeout=GROUP_TIMEOUT,
+                                **({'device_id': torch.device(device)} if device.startswith('cuda') else {}))
     else:
         rank, local_rank, world_size, backend = 0, 0, 1, ''
     dtype = resolve_dtype(dtype, device)
@@ -111,7 +125,7 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
         torch.backends.cudnn.allow_tf32 = True
     if device == 'cpu':
         keep_freed_memory()
-    return Machine(device, dtype, compile, rank, local_rank, world_size, backend, peak_flops)
+    return Machine(device, dtype, compile, rank, local_rank, world_size, backend, native_bf16(device), peak_flops)
 
 
 def teardown(finished=True):
@@ -153,16 +167,23 @@ def cpu_has_bf16():
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
+def native_bf16(device):
+    """Whether `device` computes bf16 natively: CUDA GPUs of compute capability 8.0 and up (A100 onwards;
+    torch.cuda.is_bf16_supported() is also True on V100/T4, which emulate it slowly), CPUs with AVX512-BF16/AMX."""
+    kind = device.split(':')[0]
+    if kind == 'cuda':
+        return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+    return kind == 'cpu' and cpu_has_bf16()
+
+
 def resolve_dtype(dtype, device):
     """'auto' picks bfloat16 where the device computes it natively, float16 on CUDA GPUs without
-    bf16 (V100, T4; a GradScaler is then needed), float32 otherwise."""
+    (V100, T4; a GradScaler is then needed), float32 otherwise."""
     kind = device.split(':')[0]
     if dtype == 'auto':
-        if kind == 'cuda':
-            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-        if kind == 'cpu':
-            return 'bfloat16' if cpu_has_bf16() else 'float32'
-        return 'float32'
+        if native_bf16(device):
+            return 'bfloat16'
+        return 'float16' if kind == 'cuda' else 'float32'
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if dtype == 'bfloat16' and kind == 'cuda' and not torch.cuda.is_bf16_supported():
@@ -199,37 +220,56 @@ def keep_freed_memory():
 # ----------------------------------------------------------------------------------------------
 # peak FLOP/s, for MFU
 
-# Dense (no sparsity) peak FLOP/s of GPUs in bf16/fp16 tensor-core math, by device-name substring, most
-# specific first. Sources: the NVIDIA datasheets.
-GPU_PEAK_FLOPS = [
-    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12),
-    ('A100', 312e12), ('A10G', 125e12), ('L4', 121e12), ('V100', 125e12), ('T4', 65e12),
-    ('RTX 4090', 165e12), ('RTX 3090', 71e12),
-]
+def read_gpu_table(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_peak_flops.csv')):
+    """{name: dense bf16/fp16 peak FLOP/s} from gpu_peak_flops.csv (its sources are there)."""
+    with open(path, newline='') as f:
+        rows = csv.DictReader(line for line in f if not line.startswith('#'))
+        return {row['name']: float(row['tflops']) * 1e12 for row in rows}
+
+
+GPU_PEAK_FLOPS = read_gpu_table()
+
+
+def gpu_key(name):
+    """A GPU's name as the table writes it: 'NVIDIA A100-SXM4-80GB' -> 'A100', 'Tesla V100-PCIE-16GB' ->
+    'V100 PCIE', 'NVIDIA GeForce RTX 4090' -> 'RTX 4090'; compared case-insensitively."""
+    words = re.split(r'[\s_-]+', name.strip().upper())
+    drop = re.compile(r'NVIDIA|TESLA|GEFORCE|\d+GB?|HBM\d*E?|SXM\d*')
+    return ' '.join(w for w in words if w and not drop.fullmatch(w))
+
+
+def gpu_table_peak(name):
+    """The table's peak FLOP/s for the GPU named `name` (torch.cuda.get_device_name), None if it is missing."""
+    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if gpu_key(key) == gpu_key(name)), None)
 
 
 def peak_flops(device, dtype='float32'):
-    """Peak FLOP/s of `device` for matmuls in `dtype`, or None when unknown (MFU is then not shown; pass
-    --peak_flops to set it). GPUs from the table above; a CPU is measured once with a large matmul."""
+    """Peak FLOP/s of `device` for matmuls in `dtype`, or None when unknown (MPS). A GPU whose name is in
+    the table (exactly: an L40S is not an L40) gets its datasheet's dense peak; another GPU, and a CPU, a
+    matmul measured now. Machine.peak_flops calls this once per run."""
     device = torch.device(device)
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
+        return gpu_table_peak(torch.cuda.get_device_name(device)) or measure_peak_flops(device, DTYPES[dtype], n=8192)
     if device.type == 'cpu':
-        return cpu_peak_flops(DTYPES[dtype])
+        return measure_peak_flops(device, DTYPES[dtype])
     return None
 
 
-def cpu_peak_flops(dtype=torch.float32, n=1024):
-    """Best of a few n^3 matmuls in `dtype` on this CPU, the most its matrix units deliver in practice.
-    n=1024 measures within 3% of n=2048 on 2 cores in an eighth of the time (~0.1 s). The operands come from
-    a generator of their own: the global one belongs to the training run (dropout), resumed bit for bit."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+def measure_peak_flops(device='cpu', dtype=torch.float32, n=1024):
+    """Best of a few n^3 matmuls in `dtype` on `device`, the most its matrix units deliver in practice.
+    On a CPU n=1024 measures within 3% of n=2048 on 2 cores in an eighth of the time (~0.1 s); a GPU needs
+    n=8192 to fill it. The operands come from a generator of their own: the global one belongs to the
+    training run (dropout), resumed bit for bit."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda *a: None)
     best = float('inf')
     for _ in range(8):  # the best of several: another process may be running during one of them
+        sync(device)
         t0 = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best
 

@@ -182,8 +182,9 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
                 if machine.peak_flops and iter_num - start_iter >= 5 else None  # after allocation and compilation
             log.step(iter_num, lossf, lr, dt, mfu, eta)
     if machine.master:
+        peak = machine.peak_memory_text()
         print(f'done in {format_seconds(time.time() - t_start)}; best val loss {best_val_loss:.4f}'
-              + machine.peak_memory_line())
+              + (f'; {peak}' if peak else ''))
     return losses_logged
 
 

@@ -29,6 +29,7 @@ def check_result(result, tokens_per_iter):
     assert train['tokens_per_s'] == pytest.approx(tokens_per_iter / ms['median'] * 1000)
     assert train['tflops'] == pytest.approx(train['flops_per_token'] * train['tokens_per_s'] / 1e12)
     assert 0 < train['mfu'] < 1  # against this CPU's measured matmul peak
+    assert result['memory']['resident'] > 0  # peak memory (on a GPU: allocated and reserved)
     generate = result['generate']
     assert generate['new_tokens'] == 6 and generate['prompt_tokens'] == 8
     for key in ('prefill_ms', 'decode_tokens_per_s'):
@@ -58,7 +59,7 @@ def test_real_data(tmp_path, capsys):
 def test_unknown_peak_shows_no_mfu(monkeypatch, capsys):
     """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) is timed all the
     same: MFU is null in the JSON and '-' in the report."""
-    monkeypatch.setattr(bench.machine, 'peak_flops', lambda device, dtype: None)
+    monkeypatch.setattr(bench.machines, 'peak_flops', lambda device, dtype: None)
     result = bench.main(TINY + ['--synthetic=True', '--vocab_size=64', '--json=True', '--generate_tokens=0'])
     assert result['train']['mfu'] is None and result['train']['peak_tflops'] is None
     assert result['train']['tokens_per_s'] > 0
