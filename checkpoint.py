@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 import parallel
-from atomic import atomic_path
+from atomic import atomic_path, inside
 from model import GPT, GPTConfig
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig)]
@@ -157,7 +157,7 @@ def latest(out_dir):
     checkpoint of the other: the later iteration wins."""
     found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, SHARDED)) if os.path.exists(p)]
     if len(found) == 2:
-        return max(found, key=lambda path: load(path)['iter_num'])
+        return max(found, key=lambda path: load(path).get('iter_num', 0))
     return found[0] if found else None
 
 
@@ -175,12 +175,17 @@ def save(checkpoint, path):
     try:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
         raise disk_error(path, e) from None
 
 
 def disk_error(path, e):
-    return OSError(f'could not save {path} ({e.strerror or e}): the previous checkpoint, if any, is unchanged; free '
+    """The one-line error of a failed save; e is an OSError, torch's RuntimeError or DCP's CheckpointException."""
+    if isinstance(e, dcp.api.CheckpointException):  # DCP wraps each process's failure
+        e = next(iter(e.failures.values()))
+        e = e[0] if isinstance(e, tuple) else e
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else f'is the disk full? {one_line(e, 120)}'
+    return OSError(f'could not save {path} ({reason}): the previous checkpoint, if any, is unchanged; free '
                    'some disk space (or choose another --out_dir) and resume with --init_from=resume')
 
 
@@ -201,12 +206,15 @@ def save_sharded(model, optimizer, state, out_dir, m):
     model_state, optimizer_state = get_state_dict(model, optimizer)
     try:
         dcp.save({'model': model_state, 'optimizer': optimizer_state['state']}, checkpoint_id=path)
-        if m.master:
-            save(dict(state, optimizer_groups=optimizer_state['param_groups']), os.path.join(path, TRAIN_STATE))
+    except (OSError, dcp.api.CheckpointException) as e:
+        raise disk_error(path, e) from None
+    if m.master:
+        save(dict(state, optimizer_groups=optimizer_state['param_groups']), os.path.join(path, TRAIN_STATE))
+        try:
             with atomic_path(os.path.join(root, 'latest')) as tmp, open(tmp, 'w') as f:
                 f.write(name + '\n')
-    except OSError as e:
-        raise disk_error(root, e) from None
+        except OSError as e:
+            raise disk_error(root, e) from None
     if m.master:
         for other in os.listdir(root):
             if other.startswith('iter_') and other != name:
@@ -241,6 +249,7 @@ def load(path, map_location='cpu'):
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
         raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
     check_model_args(ckpt, path)
+    check_fields(ckpt, path)
     ckpt['model'] = clean_state_dict(ckpt['model'])
     return ckpt
 
@@ -253,8 +262,11 @@ def load_train_state(root):
     except OSError:
         raise ValueError(f'{root} has no readable `latest` file: its first save was interrupted, or it was copied '
                          'incompletely; restore it, or start again with --init_from=scratch') from None
-    path = os.path.join(root, name)
-    if not re.fullmatch(r'iter_\d+', name) or not os.path.isfile(os.path.join(path, '.metadata')):
+    if not re.fullmatch(r'iter_\d+', name):
+        raise ValueError(f'{root}/latest names {name!r}, which is not a checkpoint folder (iter_N): restore the '
+                         'folder, or start again with --init_from=scratch')
+    path = inside(root, name)  # iter_N may be a planted link out of the folder
+    if not os.path.isfile(os.path.join(path, '.metadata')):
         raise ValueError(f'{root}/latest names {name!r}, which is not a complete checkpoint in {root}: '
                          'restore the folder, or start again with --init_from=scratch')
     ShardReader(path).read_metadata()  # the index is checked before anything else reads it
@@ -267,6 +279,7 @@ def load_train_state(root):
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}/{TRAIN_STATE} was not written by train.py')
     check_model_args(ckpt, path)
+    check_fields(ckpt, path)
     ckpt['sharded'] = path
     return ckpt
 
@@ -274,6 +287,45 @@ def load_train_state(root):
 def one_line(e, limit=200):
     """An exception as one line of at most `limit` characters, for the error that explains it."""
     return ' '.join(f'{type(e).__name__}: {e}'.split())[:limit]
+
+
+def check_fields(ckpt, path):
+    """What train.py reads besides the model, checked for presence and type (a ValueError, one line per file);
+    what may be missing is normalized: config None -> {}; optimizer missing -> finetune with a fresh one
+    (load_optimizer says so); RNG states that do not fit this torch -> dropped (restore draws new ones)."""
+    problems = []
+    if ckpt.get('config') is None:
+        ckpt['config'] = {}  # nanoGPT's checkpoints hold one; a stripped or hand-made one may not
+    elif not isinstance(ckpt['config'], dict):
+        problems.append(f"config is a {type(ckpt['config']).__name__}, not a dict")
+    if 'iter_num' in ckpt and (not isinstance(ckpt['iter_num'], int) or isinstance(ckpt['iter_num'], bool)
+                               or ckpt['iter_num'] < 0):
+        problems.append(f"iter_num={ckpt['iter_num']!r} is not a whole number >= 0")
+    if 'best_val_loss' in ckpt and (not isinstance(ckpt['best_val_loss'], (int, float, torch.Tensor))
+                                    or isinstance(ckpt['best_val_loss'], bool)):
+        problems.append(f"best_val_loss={ckpt['best_val_loss']!r} is not a number")
+    for key in ('optimizer', 'scaler'):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            problems.append(f'{key} is a {type(ckpt[key]).__name__}, not a dict')
+    if problems:
+        raise ValueError(f"checkpoint {path} is damaged or foreign: {'; '.join(problems)}; restore it, or start again "
+                         'with --init_from=scratch')
+    if 'rng' in ckpt and not usable_rng_states(ckpt['rng']):
+        ckpt['rng'] = []  # another torch or program wrote them: restore() says the run draws new random numbers
+
+
+def usable_rng_states(states):
+    """Whether `states` (one rng_state() dict, or a list of them) fit this torch, numpy and Python."""
+    states = [states] if isinstance(states, dict) else states
+    if not isinstance(states, list):
+        return False
+    torch_size = torch.get_rng_state().shape
+    try:
+        return all(s['torch'].dtype == torch.uint8 and s['torch'].shape == torch_size
+                   and isinstance(s['cuda'], list) and s['numpy']['keys'].shape == (624,)
+                   and isinstance(s['numpy']['pos'], int) and len(s['python']['state']) == 625 for s in states)
+    except (KeyError, TypeError, AttributeError):
+        return False
 
 
 def check_model_args(ckpt, path):
@@ -304,20 +356,26 @@ class ShardReader(dcp.FileSystemReader):
             raise ValueError(f'{path} is not the index of a checkpoint train.py wrote ({reason})') from None
         if any(isinstance(item, BytesStorageMetadata) for item in metadata.state_dict_metadata.values()):
             raise ValueError(f'{path} lists pickled values: not a checkpoint train.py wrote')
+        for item in metadata.storage_data.values():
+            inside(self.path, item.relative_path)  # a shard named '../../other/run/x' is never read
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
 
 class IndexUnpickler(pickle.Unpickler):
-    """Unpickles the classes of a DCP index and nothing else."""
+    """Unpickles the classes of a DCP index and nothing else: exact (module, name) pairs, and torch's dtypes. A
+    dotted name (pickle protocol 4 looks up 'a.b' as an attribute path) could reach anything a module imports."""
     ALLOWED = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
                ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('collections', 'OrderedDict'),
-               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
+               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')} | {
+        ('torch.distributed.checkpoint.metadata', name) for name in (
+            'Metadata', 'MetadataIndex', 'StorageMeta', 'TensorStorageMetadata', 'BytesStorageMetadata',
+            'ChunkStorageMetadata', 'TensorProperties', '_MEM_FORMAT_ENCODING')}
 
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED or module == 'torch.distributed.checkpoint.metadata' or (
-                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype)):
+        if '.' not in name and ((module, name) in self.ALLOWED or (
+                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype))):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f'{module}.{name} is not part of a checkpoint index')
 
@@ -346,7 +404,10 @@ def load_sharded_model(ckpt, model):
 
 
 def load_optimizer(ckpt, model, optimizer):
-    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
+    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format.
+    Returns False, leaving `optimizer` fresh, when the checkpoint has none."""
+    if 'sharded' not in ckpt and not ckpt.get('optimizer'):
+        return False  # a checkpoint shared without it: the caller says that the optimizer starts fresh
     if 'sharded' in ckpt:
         _, state = get_state_dict(model, optimizer)  # fills a fresh optimizer's state, to be overwritten
         read_shards({'optimizer': state['state']}, ckpt)
@@ -356,6 +417,7 @@ def load_optimizer(ckpt, model, optimizer):
                                  options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(ckpt['optimizer'])
+    return True
 
 
 def keyed_by_name(optimizer_state, model, optimizer):
@@ -448,16 +510,20 @@ def load_for_sampling(init_from, out_dir, data_dir=''):
         path = find(out_dir)
         ckpt = load(path)
         model = model_from(ckpt, source=path)
-        train_cfg = ckpt.get('config') or {}
+        train_cfg = ckpt['config']
         data_dir = data_dir or train_cfg.get('data_dir') or (
             os.path.join('data', train_cfg['dataset']) if train_cfg.get('dataset') else '')
     elif init_from in PRETRAINED or os.path.isdir(init_from):
         import hf
-        model = hf.load_gpt2(init_from)
+        ckpt, model = None, hf.load_gpt2(init_from)
     else:
         raise ValueError(f"init_from={init_from!r} is not 'resume', one of {', '.join(PRETRAINED)}, "
                          'or a folder holding a Hugging Face GPT-2 checkpoint')
-    tokenizer = dataset.Tokenizer(dataset.load_meta(data_dir) if data_dir else None)
+    meta = dataset.load_meta(data_dir) if data_dir else None
+    if ckpt:
+        dataset.check_fingerprint(ckpt['config'].get('tokenizer'), meta, data_dir, path,
+                                  'pass the --data_dir of the data it was trained on')
+    tokenizer = dataset.Tokenizer(meta)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
                          f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')

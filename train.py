@@ -27,6 +27,7 @@ import dataset
 import hellaswag
 import machine
 import parallel
+from atomic import run_lock
 from configurator import cli, configure
 from model import GPTConfig
 from runlog import Log, format_seconds
@@ -102,7 +103,10 @@ def main(argv=None):
     m = machine.setup(cfg['device'], cfg['dtype'], cfg['compile'], cfg['backend'])
     try:
         parallel.check(cfg['parallel'], cfg['cpu_offload'], m)
-        losses = train(cfg, given, m)
+        # rank 0 holds out_dir for the job: the others cannot write without it (every save waits for it), and
+        # torchrun ends them when it dies
+        with run_lock(cfg['out_dir'], hold=m.master and not cfg['eval_only']):
+            losses = train(cfg, given, m)
     except BaseException as e:
         machine.teardown(finished=False)
         raise out_of_memory(m) if isinstance(e, torch.OutOfMemoryError) else e
@@ -151,12 +155,15 @@ def train(cfg, given, m):
         raise ValueError(f'{existing} holds a run already: continue it with --init_from=resume, start over in its '
                          'place with --overwrite=True, or choose another --out_dir')
     model, ckpt = checkpoint.init_model(cfg, given, meta, m)
+    if ckpt is not None:
+        dataset.check_fingerprint(ckpt['config'].get('tokenizer'), meta, data_dir, checkpoint.latest(cfg['out_dir']),
+                                  'resume with the --data_dir it was trained on, or start over with --overwrite=True')
     model.activation_checkpointing = cfg['activation_checkpointing']
     if m.rank:
         torch.manual_seed(cfg['seed'] + m.rank)  # each process its own dropout masks
     # the run's settings, final from here on: the model's real architecture and what the machine decided
     cfg = MappingProxyType(dict(cfg, **checkpoint.model_args(model.config, full=True), data_dir=data_dir,
-                                device=m.device, dtype=m.dtype, compile=m.compile))
+                                device=m.device, dtype=m.dtype, compile=m.compile, tokenizer=dataset.fingerprint(meta)))
     batches = dataset.Batches(data_dir, meta, cfg['block_size'], cfg['batch_size'], m.device, cfg['seed'],
                               cfg['vocab_size'])
     if not parallel.is_sharded(model):
@@ -198,11 +205,12 @@ def load_hellaswag(cfg, meta, m):
 
 def restore(ckpt, model, optimizer, scaler, cfg, m):
     """Put the optimizer, the GradScaler and every process's random generators back as they were saved."""
-    trained_with = ckpt.get('config', {}).get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
+    trained_with = ckpt['config'].get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
     if trained_with != cfg['optimizer']:
         raise ValueError(f"the checkpoint was trained with optimizer={trained_with!r}, whose state cannot go on with "
                          f"{cfg['optimizer']!r}: resume with --optimizer={trained_with}")
-    checkpoint.load_optimizer(ckpt, model, optimizer)
+    if not checkpoint.load_optimizer(ckpt, model, optimizer) and m.master:
+        print(f"note: {cfg['out_dir']}'s checkpoint has no optimizer state (a shared copy?): the optimizer starts fresh")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     states = ckpt.get('rng')
@@ -210,11 +218,11 @@ def restore(ckpt, model, optimizer, scaler, cfg, m):
     if len(states) == m.world_size:
         checkpoint.set_rng_state(states[m.rank])
     else:  # another number of processes: the dropout streams cannot continue as they were
-        torch.manual_seed(cfg['seed'] + m.rank + ckpt['iter_num'])
+        torch.manual_seed(cfg['seed'] + m.rank + ckpt.get('iter_num', 0))
         if m.master:
             print(f'note: the checkpoint has the random state of {len(states)} processes, this run has '
                   f'{m.world_size}: dropout draws new random numbers from here')
-    return ckpt['iter_num'], ckpt['best_val_loss']
+    return ckpt.get('iter_num', 0), ckpt.get('best_val_loss', 1e9)
 
 
 def train_loop(model, optimizer, scaler, batches, cfg, m, log, iter_num, best_val_loss, hellaswag_task):
