@@ -292,7 +292,7 @@ def test_fingerprint_names_the_vocabulary():
 def test_export_follows_the_umask(model_files, tmp_path):
     """safetensors writes 0600 whatever the umask; under umask 022 both exported files are 0644."""
     out = tmp_path / 'hf'
-    result = subprocess.run(['sh', '-c', f'umask 022 && exec "$0" "$@"', sys.executable,
+    result = subprocess.run(['sh', '-c', 'umask 022 && exec "$0" "$@"', sys.executable,
                              os.path.join(ROOT, 'export.py'), f"--out_dir={model_files['pt']}", f'--to={out}'],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
