@@ -125,7 +125,10 @@ def tokenizer_for(model, source, data_dir=''):
     trained = (source.ckpt or {}).get('config') or {}
     if not data_dir and (trained.get('data_dir') or trained.get('dataset')):
         data_dir = dataset.folder(trained.get('dataset'), trained.get('data_dir'))
-    tokenizer = dataset.Tokenizer(dataset.load_meta(data_dir) if data_dir else None)
+    meta = dataset.load_meta(data_dir) if data_dir else None
+    dataset.check_fingerprint(trained.get('tokenizer'), meta, data_dir, source.name,
+                              'pass the --data_dir of the data it was trained on')
+    tokenizer = dataset.Tokenizer(meta)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
                          f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')
@@ -224,7 +227,7 @@ def find_checkpoint(out_dir):
     checkpoint of the other: the later iteration wins."""
     found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, 'ckpt.dcp')) if os.path.exists(p)]
     if len(found) == 2:
-        return max(found, key=lambda path: load(path)['iter_num'])
+        return max(found, key=lambda path: load(path).get('iter_num', 0))
     return found[0] if found else None
 
 
@@ -242,7 +245,7 @@ def save(checkpoint, path):
     try:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
         raise save_failed(path, e) from None
 
 
@@ -266,6 +269,7 @@ def load(path, map_location='cpu'):
             raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
         ckpt['model'] = clean_state_dict(ckpt['model'])
     check_model_args(ckpt, path)
+    check_fields(ckpt, path)
     return ckpt
 
 
@@ -282,6 +286,45 @@ def check_model_args(ckpt, path):
         raise ValueError(f'checkpoint {path} has invalid model_args: {e}') from None
 
 
+def check_fields(ckpt, path):
+    """What train.py reads besides the model, checked for presence and type (a ValueError, one line per file);
+    what may be missing is normalized: config None -> {}; optimizer missing -> finetune with a fresh one
+    (load_optimizer says so); RNG states that do not fit this torch -> dropped (restore draws new ones)."""
+    problems = []
+    if ckpt.get('config') is None:
+        ckpt['config'] = {}  # nanoGPT's checkpoints hold one; a stripped or hand-made one may not
+    elif not isinstance(ckpt['config'], dict):
+        problems.append(f"config is a {type(ckpt['config']).__name__}, not a dict")
+    if 'iter_num' in ckpt and (not isinstance(ckpt['iter_num'], int) or isinstance(ckpt['iter_num'], bool)
+                               or ckpt['iter_num'] < 0):
+        problems.append(f"iter_num={ckpt['iter_num']!r} is not a whole number >= 0")
+    if 'best_val_loss' in ckpt and (not isinstance(ckpt['best_val_loss'], (int, float, torch.Tensor))
+                                    or isinstance(ckpt['best_val_loss'], bool)):
+        problems.append(f"best_val_loss={ckpt['best_val_loss']!r} is not a number")
+    for key in ('optimizer', 'scaler'):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            problems.append(f'{key} is a {type(ckpt[key]).__name__}, not a dict')
+    if problems:
+        raise ValueError(f"checkpoint {path} is damaged or foreign: {'; '.join(problems)}; restore it, or start again "
+                         'with --init_from=scratch')
+    if 'rng' in ckpt and not usable_rng_states(ckpt['rng']):
+        ckpt['rng'] = []  # another torch or program wrote them: restore() says the run draws new random numbers
+
+
+def usable_rng_states(states):
+    """Whether `states` (one rng_state() dict, or a list of them) fit this torch, numpy and Python."""
+    states = [states] if isinstance(states, dict) else states
+    if not isinstance(states, list):
+        return False
+    torch_size = torch.get_rng_state().shape
+    try:
+        return all(s['torch'].dtype == torch.uint8 and s['torch'].shape == torch_size
+                   and isinstance(s['cuda'], (list, torch.Tensor, type(None))) and s['numpy']['keys'].shape == (624,)
+                   and isinstance(s['numpy']['pos'], int) and len(s['python']['state']) == 625 for s in states)
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def clean_state_dict(state_dict):
     """Undo what torch.compile adds to names (`_orig_mod.`) and drop the causal-mask buffers
     (`attn.bias`) that nanoGPT saved when flash attention was unavailable."""
@@ -290,12 +333,16 @@ def clean_state_dict(state_dict):
 
 
 def load_optimizer(ckpt, model, optimizer):
-    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format."""
+    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format.
+    Returns False, leaving `optimizer` fresh, when the checkpoint has none."""
+    if 'sharded' not in ckpt and not ckpt.get('optimizer'):
+        return False  # a checkpoint shared without it: the caller says that the optimizer starts fresh
     if 'sharded' in ckpt or not isinstance(model, GPT):  # an FSDP model, or shards to read
         import sharded_checkpoint
         sharded_checkpoint.load_optimizer(ckpt, model, optimizer)
     else:
         optimizer.load_state_dict(ckpt['optimizer'])
+    return True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ is removed first, then meta.pkl and val.bin are renamed into place, and train.bi
 import codecs
 import collections
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -350,27 +351,42 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
     plan = {'files': [(os.path.abspath(p), st.st_size, st.st_mtime_ns) for p, st in zip(files, file_stats)],
             'tokenizer': tokenizer, 'text_field': text_field, 'val_fraction': val_fraction,
             'val_by_document': val_by_document, 'max_tokens': max_tokens}
-    meta = resume(work_dir, plan)
-    if meta is None:
-        shutil.rmtree(work_dir, ignore_errors=True)  # another corpus's or settings' pieces
-        meta = make_meta(tokenizer, files, text_field)
-        with atomic_path(os.path.join(work_dir, 'plan.json')) as tmp, open(tmp, 'w') as f:
-            json.dump({'plan': plan, 'meta': meta}, f)
-    parts = split_into_parts(list(enumerate(files)), [st.st_size for st in file_stats])
-    read = functools.partial(batches, text_field=text_field, val_fraction=val_fraction, val_by_document=val_by_document)
-    try:
-        tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens)
-    except ValueError:  # the input must be fixed, which starts over anyway; an interrupt keeps the pieces
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    except BrokenProcessPool:
-        raise OSError('a worker process died (killed for lack of memory?): run the same command again to resume, '
-                      'with fewer processes (--num_proc) if it happens again') from None
+    with disk_errors(out_dir, work_dir):
+        meta = resume(work_dir, plan)
+        if meta is None:
+            shutil.rmtree(work_dir, ignore_errors=True)  # another corpus's or settings' pieces
+            meta = make_meta(tokenizer, files, text_field)
+            with atomic_path(os.path.join(work_dir, 'plan.json')) as tmp, open(tmp, 'w') as f:
+                json.dump({'plan': plan, 'meta': meta}, f)
+        parts = split_into_parts(list(enumerate(files)), [st.st_size for st in file_stats])
+        read = functools.partial(batches, text_field=text_field, val_fraction=val_fraction,
+                                 val_by_document=val_by_document)
+        try:
+            tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens)
+        except ValueError:  # the input must be fixed, which starts over anyway; an interrupt keeps the pieces
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        except BrokenProcessPool:
+            raise OSError('a worker process died (killed for lack of memory?): run the same command again to resume, '
+                          'with fewer processes (--num_proc) if it happens again') from None
 
-    n_train, n_val = write_dataset(out_dir, work_dir, len(parts), meta, val_fraction, val_by_document, source)
-    shutil.rmtree(work_dir)
-    return {'train_tokens': n_train, 'val_tokens': n_val, 'vocab_size': meta['vocab_size'],
-            'dtype': meta['dtype'], 'tokenizer': meta['tokenizer']}
+        n_train, n_val = write_dataset(out_dir, work_dir, len(parts), meta, val_fraction, val_by_document, source)
+        shutil.rmtree(work_dir)
+        return {'train_tokens': n_train, 'val_tokens': n_val, 'vocab_size': meta['vocab_size'],
+                'dtype': meta['dtype'], 'tokenizer': meta['tokenizer']}
+
+
+@contextlib.contextmanager
+def disk_errors(out_dir, work_dir):
+    """A full disk while preparing out_dir as one line: what is unchanged and how to go on."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise OSError(f'could not write {e.filename or out_dir} ({e.strerror}): the dataset already in {out_dir}, if '
+                      'any, is unchanged; free some disk space and run the same command again (it resumes from '
+                      f'{work_dir})') from None
 
 
 def write_dataset(out_dir, work_dir, n_parts, meta, val_fraction, val_by_document, source):
@@ -487,22 +503,21 @@ def tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens=None):
 
 
 def write_bin(pieces, start, stop, path, dtype, name):
-    """Tokens start..stop of the pieces laid end to end, into a memmap of exactly that size
-    preallocated at path, filled one shard of at most SHARD_TOKENS at a time; each shard is mapped
-    only while it is copied, so that a 17 GB train.bin never shows as 17 GB of resident memory."""
+    """Tokens start..stop of the pieces laid end to end, written to path one shard of at most SHARD_TOKENS
+    at a time (each piece mapped only while its shard is copied, so that a 17 GB train.bin never shows as
+    17 GB of resident memory). Written with write(), not through a memmap of a sparse file: on a full disk
+    a write is an OSError (ENOSPC), a store into a mapped page a SIGBUS that kills the process."""
     itemsize = np.dtype(dtype).itemsize
-    np.memmap(path, dtype=dtype, mode='w+', shape=(stop - start,)).flush()
     offset = 0  # where the current piece starts in the stream of all pieces
-    for piece in tqdm(pieces, desc=f'writing {name}', unit='piece', delay=1):
-        length = os.path.getsize(piece) // itemsize
-        for lo in range(max(start, offset), min(stop, offset + length), SHARD_TOKENS):
-            hi = min(lo + SHARD_TOKENS, stop, offset + length)
-            source = np.memmap(piece, dtype=dtype, mode='r', offset=(lo - offset) * itemsize, shape=(hi - lo,))
-            shard = np.memmap(path, dtype=dtype, mode='r+', offset=(lo - start) * itemsize, shape=(hi - lo,))
-            shard[:] = source
-            shard.flush()
-            del source, shard
-        offset += length
+    with open(path, 'wb') as out:
+        for piece in tqdm(pieces, desc=f'writing {name}', unit='piece', delay=1):
+            length = os.path.getsize(piece) // itemsize
+            for lo in range(max(start, offset), min(stop, offset + length), SHARD_TOKENS):
+                hi = min(lo + SHARD_TOKENS, stop, offset + length)
+                source = np.memmap(piece, dtype=dtype, mode='r', offset=(lo - offset) * itemsize, shape=(hi - lo,))
+                out.write(source.tobytes())
+                del source
+            offset += length
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ meta-less GPT-2 bins read as uint16 / gpt2. A meta.pkl is read without running a
 types (dict, list, str, numbers) are admitted, where pickle.load would run whatever a file asks for.
 """
 
+import hashlib
 import io
+import json
 import os
 import pickle
 
@@ -144,11 +146,34 @@ class Batches:
         return x, y
 
 
+def fingerprint(meta):
+    """A short sha256 of the vocabulary meta describes (None: GPT-2's BPE): of the itos table for 'char', of the
+    encoding's name for tiktoken. A checkpoint records its data's, so that ids remapped by a new preparation
+    (another character set of the same size) are caught by every reader."""
+    meta = meta or {'tokenizer': 'gpt2'}
+    if meta.get('tokenizer', 'char') == 'char':
+        vocabulary = json.dumps([meta['itos'][i] for i in range(len(meta['itos']))])
+    else:
+        vocabulary = json.dumps(meta['tokenizer'])
+    return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
+
+
+def check_fingerprint(recorded, meta, data_dir, source, fix):
+    """A ValueError when the checkpoint `source` recorded another tokenizer than data_dir's meta.pkl describes.
+    Checkpoints without a record (older ones, nanoGPT's) pass."""
+    if recorded is not None and recorded != fingerprint(meta):
+        where = os.path.join(data_dir, 'meta.pkl') if meta else f'{data_dir} (no meta.pkl: GPT-2 BPE)'
+        raise ValueError(f'{where} describes another vocabulary than {source} was trained on (tokenizer '
+                         f'fingerprint {fingerprint(meta)}, the checkpoint has {recorded}): the data was prepared '
+                         f'again or is another dataset, and its ids mean other tokens; {fix}')
+
+
 class Tokenizer:
     """encode(str) -> list[int] and decode(list[int]) -> str for a dataset's meta (None means GPT-2 BPE).
     vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304)."""
 
     def __init__(self, meta=None):
+        self.fingerprint = fingerprint(meta)
         meta = meta or {'tokenizer': 'gpt2'}
         self.name = meta['tokenizer']
         if self.name == 'char':

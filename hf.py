@@ -14,9 +14,10 @@ import os
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from atomic import atomic_path
+from atomic import atomic_path, inside
 from configurator import one_line, read_config_file
 
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
@@ -41,8 +42,19 @@ def gpt2_args(name_or_path):
     if not os.path.isfile(config_file):
         raise ValueError(f'{name_or_path} is not a Hugging Face GPT-2 folder: it needs config.json and '
                          "model.safetensors (or pytorch_model.bin), as transformers' save_pretrained writes them")
-    with open(config_file) as f:
-        return gpt2_args_from_hf(json.load(f), config_file)
+    return gpt2_args_from_hf(read_json(config_file, 'a JSON object of settings'), config_file)
+
+
+def read_json(path, what):
+    """The JSON object (dict) in path, or a ValueError naming the file."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{path} is unreadable ({one_line(e, 150)}): save the folder again') from None
+    if not isinstance(value, dict):
+        raise ValueError(f'{path} holds a {type(value).__name__}, not {what}: save the folder again')
+    return value
 
 
 def gpt2_state_dict(weight_files):
@@ -51,8 +63,11 @@ def gpt2_state_dict(weight_files):
     hf_sd = {}
     for path in weight_files:
         try:
-            hf_sd.update(load_file(path) if path.endswith('.safetensors')
-                         else torch.load(path, map_location='cpu', weights_only=True))
+            tensors = load_file(path) if path.endswith('.safetensors') else \
+                torch.load(path, map_location='cpu', weights_only=True)  # weights_only: a planted pickle runs nothing
+            if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+                raise ValueError('it is not a dict of tensors')
+            hf_sd.update(tensors)
         except Exception as e:
             raise ValueError(f'{path} is unreadable or corrupt ({one_line(e, 150)}): download or save it again') from None
     # Hugging Face names, less the 'transformer.' prefix that GPT2LMHeadModel adds and GPT2Model (OpenAI's
@@ -89,8 +104,10 @@ def gpt2_weight_files(name_or_path):
     config_file = os.path.join(name_or_path, 'config.json')
     index = os.path.join(name_or_path, 'model.safetensors.index.json')
     if os.path.isfile(index):  # sharded: the index maps each tensor to its file
-        with open(index) as f:
-            weight_files = [os.path.join(name_or_path, n) for n in sorted(set(json.load(f)['weight_map'].values()))]
+        weight_map = read_json(index, 'an index with a weight_map').get('weight_map')
+        if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
+            raise ValueError(f'{index} has no weight_map of tensor names to file names: save the folder again')
+        weight_files = [inside(name_or_path, n, cache_repo(name_or_path)) for n in sorted(set(weight_map.values()))]
     else:  # one file, safetensors preferred
         weight_files = [os.path.join(name_or_path, n) for n in ('model.safetensors', 'pytorch_model.bin')]
         weight_files = [p for p in weight_files if os.path.isfile(p)][:1]
@@ -100,9 +117,22 @@ def gpt2_weight_files(name_or_path):
     return weight_files
 
 
+def cache_repo(folder):
+    """The folder whose files `folder` may name: itself, or for a snapshot in the Hugging Face cache
+    (.../models--org--name/snapshots/REVISION), its repository's folder, where its links point (blobs/)."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    if os.path.basename(parent) == 'snapshots' and os.path.basename(os.path.dirname(parent)).startswith('models--'):
+        return os.path.dirname(parent)
+    return folder
+
+
 def gpt2_args_from_hf(hf, source):
     """GPTConfig arguments for a Hugging Face GPT-2 config.json (a dict), refusing the options this GPT cannot
     compute exactly (each named with its value)."""
+    if hf.get('model_type', 'gpt2') != 'gpt2':  # e.g. the Llama that export_hf writes
+        raise ValueError(f"{source} describes a {hf['model_type']!r} model: this project reads Hugging Face GPT-2 "
+                         'folders only; for a model exported by export.py, use the run it came from (--out_dir, '
+                         'init_from=resume) instead')
     required = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')
     # field: (GPT2Config's default, the values this GPT reproduces)
     supported = {
@@ -117,6 +147,8 @@ def gpt2_args_from_hf(hf, source):
     problems = [f'{k} is missing' for k in required if k not in hf]
     problems += [f'{k}={hf[k]!r} (supported: {", ".join(map(repr, ok))})'
                  for k, (default, ok) in supported.items() if hf.get(k, default) not in ok]
+    problems += [f'{k}={hf[k]!r} is not a positive whole number' for k in required if k in hf and (
+        type(hf[k]) is not int or hf[k] < 1)]
     if problems:
         raise ValueError(f"{source} describes a model this GPT cannot reproduce exactly: {'; '.join(problems)}")
     return dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], block_size=hf['n_positions'],
@@ -233,12 +265,19 @@ def export_hf(model, folder, force=False):
     # safetensors wants each tensor in its own contiguous memory (views of c_attn and transposes are neither)
     tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     config['torch_dtype'] = str(model.lm_head.weight.dtype).removeprefix('torch.')
-    # config.json goes first and comes back last: a folder with a config.json holds that config's weights
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(folder, 'config.json'))
-    with atomic_path(os.path.join(folder, 'model.safetensors')) as tmp:
-        save_file(tensors, tmp, metadata={'format': 'pt'})
-    with atomic_path(os.path.join(folder, 'config.json')) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(config, f, indent=2)
+    # both files are written whole under temporary names first: a failure (a full disk) changes nothing. Then the
+    # old config.json goes, the weights come, the new config.json last: a folder with a config.json holds that
+    # config's weights
+    config_path, weights_path = os.path.join(folder, 'config.json'), os.path.join(folder, 'model.safetensors')
+    try:
+        with atomic_path(config_path) as config_tmp:
+            with open(config_tmp, 'w') as f:
+                json.dump(config, f, indent=2)
+            with atomic_path(weights_path) as weights_tmp:
+                save_file(tensors, weights_tmp, metadata={'format': 'pt'})
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(config_path)
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        raise OSError(f'could not write {folder} ({getattr(e, "strerror", None) or one_line(e, 150)}): the files '
+                      'already there are unchanged; free some disk space or choose another --to') from None
     return layout

@@ -11,6 +11,7 @@ every evaluation (at the next logged step, the checkpoint saved) and at the end.
 import json
 import math
 import os
+import sys
 
 from atomic import atomic_path
 from configurator import one_line
@@ -60,9 +61,14 @@ class Log:
         self.draw_due = False
         if not self.plot:
             return
+        if not os.path.exists(self.file.name):  # moved or removed during the run: keep the last picture
+            print(f'warning: {self.file.name} is gone (moved?), so {self.plot} is left as it was; the run '
+                  'goes on logging to the moved file')
+            self.plot = None
+            return
         try:
             import curves  # here, not at the top: matplotlib takes a second to import, and a run without it trains
-            curves.draw([(self.label, read_records(self.file.name))], self.plot)
+            curves.draw([(self.label, read_records(self.file.name, quiet=True))], self.plot)
             self.unplotted = False
         except Exception as e:
             print(f'warning: cannot draw {self.plot} ({type(e).__name__}: {e}); training goes on without it')
@@ -105,20 +111,37 @@ class Log:
             self.wandb.finish()
 
 
-def read_records(path, before=math.inf):
+def read_records(path, before=math.inf, quiet=False):
     """The records of metrics.jsonl, or, for a run resumed at iteration `before`, those up to it: its training steps
-    up to it, its evals before it (the resumed run evaluates that iteration again). A line cut by a kill is dropped."""
-    records = []
+    up to it, its evals before it (the resumed run evaluates that iteration again). A line cut by a kill is dropped;
+    other lines that are not train.py's records (a note added by hand, an edited iter) are skipped with a count on
+    stderr; NaN and infinities (which an older version wrote) read as null."""
+    records, foreign = [], 0
     if os.path.exists(path):
         with open(path) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(r, dict) and (r.get('iter', math.inf) < before or (r['iter'] == before and 'loss' in r)):
-                    records.append(r)
+            lines = f.read().split('\n')
+        for i, line in enumerate(lines):
+            try:
+                r = record_of(line)
+            except ValueError:
+                foreign += bool(line.strip()) and i < len(lines) - 1  # not the last line: a kill cuts only that one
+                continue
+            if r['iter'] < before or (r['iter'] == before and 'loss' in r):
+                records.append(r)
+    if foreign and not quiet:
+        print(f'note: {path}: skipped {foreign} line{"s" * (foreign > 1)} that are not records of train.py',
+              file=sys.stderr)
     return records
+
+
+def record_of(line):
+    """A metrics.jsonl line as a record, or a ValueError: a JSON object with a whole-number iter and numbers
+    (or null) for values."""
+    r = json.loads(line)
+    if not isinstance(r, dict) or type(r.get('iter')) is not int or r['iter'] < 0 or not all(
+            v is None or type(v) in (int, float) for k, v in r.items()):
+        raise ValueError('not a record')
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()}
 
 
 def start_wandb(cfg):

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageM
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from atomic import atomic_path, save_failed
+from atomic import atomic_path, inside, save_failed
 from configurator import one_line
 
 SHARDED, TRAIN_STATE = 'ckpt.dcp', 'train_state.pt'
@@ -51,7 +51,9 @@ def save(model, optimizer, state, out_dir, machine):
                 torch.save(dict(state, optimizer_groups=optimizer_state['param_groups']), tmp)
             with atomic_path(os.path.join(root, 'latest')) as tmp, open(tmp, 'w') as f:
                 f.write(name + '\n')
-    except OSError as e:
+    except dcp.api.CheckpointException as e:  # DCP wraps each process's failure
+        raise save_failed(path, first_failure(e)) from None
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError
         raise save_failed(root, e) from None
     if machine.master:
         for other in os.listdir(root):
@@ -77,8 +79,10 @@ def load_train_state(root):
     except OSError:
         raise ValueError(f'{root} has no readable `latest` file: its first save was interrupted, or it was copied '
                          f'incompletely; {RESTORE}') from None
-    path = os.path.join(root, name)
-    if not re.fullmatch(r'iter_\d+', name) or not os.path.isfile(os.path.join(path, '.metadata')):
+    if not re.fullmatch(r'iter_\d+', name):
+        raise ValueError(f'{root}/latest names {name!r}, which is not a checkpoint folder (iter_N): {RESTORE}')
+    path = inside(root, name)  # iter_N may be a planted link out of the folder
+    if not os.path.isfile(os.path.join(path, '.metadata')):
         raise ValueError(f'{root}/latest names {name!r}, which is not a complete checkpoint in {root}: {RESTORE}')
     ShardReader(path).read_metadata()  # the index is checked before anything else reads it
     try:
@@ -105,20 +109,26 @@ class ShardReader(dcp.FileSystemReader):
             raise ValueError(f'{path} is not the index of a checkpoint train.py wrote ({one_line(e)})') from None
         if any(isinstance(item, BytesStorageMetadata) for item in metadata.state_dict_metadata.values()):
             raise ValueError(f'{path} lists pickled values: not a checkpoint train.py wrote')
+        for item in metadata.storage_data.values():
+            inside(self.path, item.relative_path)  # a shard named '../../other/run/x' is never read
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
 
 class IndexUnpickler(pickle.Unpickler):
-    """Unpickles the classes of a DCP index and nothing else."""
+    """Unpickles the classes of a DCP index and nothing else: exact (module, name) pairs, and torch's dtypes. A
+    dotted name (pickle protocol 4 looks up 'a.b' as an attribute path) could reach anything a module imports."""
     ALLOWED = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
                ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('collections', 'OrderedDict'),
-               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
+               ('torch.distributed.checkpoint.filesystem', '_StorageInfo')} | {
+        ('torch.distributed.checkpoint.metadata', name) for name in (
+            'Metadata', 'MetadataIndex', 'StorageMeta', 'TensorStorageMetadata', 'BytesStorageMetadata',
+            'ChunkStorageMetadata', 'TensorProperties', '_MEM_FORMAT_ENCODING')}
 
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED or module == 'torch.distributed.checkpoint.metadata' or (
-                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype)):
+        if '.' not in name and ((module, name) in self.ALLOWED or (
+                module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype))):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f'{module}.{name} is not part of a checkpoint index')
 
@@ -130,10 +140,14 @@ def read_shards(state, ckpt):
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
             dcp.load(state, storage_reader=ShardReader(ckpt['sharded']), no_dist=not dist.is_initialized())
     except dcp.api.CheckpointException as e:
-        failure = next(iter(e.failures.values()))  # (exception, traceback) of one process
-        failure = failure[0] if isinstance(failure, tuple) else failure
         raise ValueError(f"the shards in {ckpt['sharded']} do not match its model_args or are damaged "
-                         f'({one_line(failure, 300)}): {RESTORE}') from None
+                         f'({one_line(first_failure(e), 300)}): {RESTORE}') from None
+
+
+def first_failure(e):
+    """The exception of one failed process in DCP's CheckpointException."""
+    failure = next(iter(e.failures.values()))  # (exception, traceback) of one process
+    return failure[0] if isinstance(failure, tuple) else failure
 
 
 def load_model(ckpt, model):

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import dataset
 import machine as machines
+from atomic import run_lock
 from configurator import cli, configure
 from runlog import Log, format_seconds
 from training import (DEFAULTS, TYPES_OF_NONE, Schedule, configure_optimizer, estimate_loss, is_sharded,
@@ -42,7 +43,10 @@ def main(argv=None):
         if cfg.parallel == 'fsdp' or cfg.cpu_offload:
             import parallel
             parallel.check(cfg.parallel, cfg.cpu_offload, machine)
-        losses = train(cfg, machine)
+        # rank 0 holds out_dir for the job: the others cannot write without it (every save waits for it), and
+        # torchrun ends them when it dies
+        with run_lock(cfg.out_dir, hold=machine.master and not cfg.eval_only):
+            losses = train(cfg, machine)
     except BaseException as e:
         machines.teardown(finished=False)
         raise out_of_memory(machine) if isinstance(e, torch.OutOfMemoryError) else e
@@ -71,12 +75,15 @@ def train(cfg, machine):
         raise ValueError(f'{existing} holds a run already: continue it with --init_from=resume, start over in its '
                          'place with --overwrite=True, or choose another --out_dir')
     model, ckpt = checkpoint.init_model(cfg, meta, machine)
+    if ckpt is not None:
+        dataset.check_fingerprint(ckpt['config'].get('tokenizer'), meta, data_dir, checkpoint.find_checkpoint(cfg.out_dir),
+                                  'resume with the --data_dir it was trained on, or start over with --overwrite=True')
     model.activation_checkpointing = cfg.activation_checkpointing
     if machine.rank:
         torch.manual_seed(cfg.seed + machine.rank)  # each process its own dropout masks
     # the run's settings, final from here on: the model's real architecture and what the machine decided
     cfg = cfg.replace(**checkpoint.model_args(model.config, full=True), data_dir=data_dir, device=machine.device,
-                      dtype=machine.dtype, compile=machine.compile)
+                      dtype=machine.dtype, compile=machine.compile, tokenizer=dataset.fingerprint(meta))
     batches = dataset.Batches(data_dir, meta, cfg.block_size, cfg.batch_size, machine.device, cfg.seed, cfg.vocab_size)
     if not is_sharded(model):
         model.to(machine.device)
@@ -115,11 +122,12 @@ def load_hellaswag(cfg, meta, machine):
 
 def restore(ckpt, model, optimizer, scaler, cfg, machine):
     """Put the optimizer, the GradScaler and every process's random generators back as they were saved."""
-    trained_with = ckpt.get('config', {}).get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
+    trained_with = ckpt['config'].get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
     if trained_with != cfg.optimizer:
         raise ValueError(f'the checkpoint was trained with optimizer={trained_with!r}, whose state cannot go on with '
                          f'{cfg.optimizer!r}: resume with --optimizer={trained_with}')
-    checkpoint.load_optimizer(ckpt, model, optimizer)
+    if not checkpoint.load_optimizer(ckpt, model, optimizer) and machine.master:
+        print(f"note: {cfg.out_dir}'s checkpoint has no optimizer state (a shared copy?): the optimizer starts fresh")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     states = ckpt.get('rng')
@@ -127,11 +135,11 @@ def restore(ckpt, model, optimizer, scaler, cfg, machine):
     if len(states) == machine.world_size:
         checkpoint.set_rng_state(states[machine.rank])
     else:  # another number of processes: the dropout streams cannot continue as they were
-        torch.manual_seed(cfg.seed + machine.rank + ckpt['iter_num'])
+        torch.manual_seed(cfg.seed + machine.rank + ckpt.get('iter_num', 0))
         if machine.master:
             print(f'note: the checkpoint has the random state of {len(states)} processes, this run has '
                   f'{machine.world_size}: dropout draws new random numbers from here')
-    return ckpt['iter_num'], ckpt['best_val_loss']
+    return ckpt.get('iter_num', 0), ckpt.get('best_val_loss', 1e9)
 
 
 def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag):
