@@ -589,12 +589,13 @@ def main(argv=None):
         if arg.startswith('--device_memory=') and arg.partition('=')[2]:
             parse_memory(arg.partition('=')[2])  # before configure, which would take a bare 80 for a number
     config, model_config, errors = resolve_config(argv)
+    problems = setting_problems(config, ('peak_flops',))
     if not 0 < config['mfu'] <= 1:
-        raise ValueError(f"mfu={config['mfu']} must be in (0, 1]: 0.4 is a good run on A100/H100")
+        problems.append(f"mfu={config['mfu']} must be in (0, 1]: 0.4 is a good run on A100/H100")
     if config['gpus'] < 1:
-        raise ValueError(f"gpus={config['gpus']} must be at least 1")
-    if config['peak_flops'] < 0:
-        raise ValueError(f"peak_flops={config['peak_flops']} must be positive (FLOP/s, e.g. 989e12), or 0 to measure it")
+        problems.append(f"gpus={config['gpus']} must be at least 1")
+    if problems:
+        raise ValueError('; '.join(problems))
     if config['device_memory']:
         device_memory, source = parse_memory(config['device_memory']), '--device_memory'
     else:

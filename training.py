@@ -84,8 +84,9 @@ def setting_problems(cfg, keys=None):
     at_least = {k: 1 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval')}
     at_least.update({k: 0 for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip',
                                     'learning_rate', 'min_lr', 'peak_flops', 'seed', 'hellaswag_interval')})
-    out = [f'{k}={cfg[k]} must be at least 1' if least else f'{k}={cfg[k]} must be 0 or more'
-           + (' (0 disables clipping)' if k == 'grad_clip' else '')
+    wording = {1: 'must be at least 1', 0: 'must be 0 or more', 'grad_clip': 'must be 0 or more (0 disables clipping)',
+               'peak_flops': 'must be positive (FLOP/s, e.g. 989e12), or 0 to measure it'}
+    out = [f'{k}={cfg[k]} {wording.get(k, wording[least])}'
            for k, least in at_least.items() if k in keys and cfg[k] is not None and cfg[k] < least]
     out += [f'{k}={cfg[k]} must be in [0, 1), e.g. 0.9 / 0.95'
             for k in ('beta1', 'beta2', 'muon_momentum') if k in keys and not 0 <= cfg[k] < 1]

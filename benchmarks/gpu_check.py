@@ -182,12 +182,10 @@ def cpu_flags():
 
 def make_text(n_chars, seed=0):
     rng = random.Random(seed)
-    lines, size = [], 0
-    while size < n_chars:
-        line = ' '.join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize()
-        lines.append(line)
-        size += len(line) + 1
-    return '\n'.join(lines)[:n_chars]
+    text = ''
+    while len(text) < n_chars:
+        text += ' '.join(rng.choices(WORDS, k=rng.randint(3, 12))).capitalize() + '\n'
+    return text[:n_chars]
 
 
 def write_bins(folder, ids, meta):
