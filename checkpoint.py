@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 import dataset
 from atomic import atomic_path, save_failed
@@ -42,6 +43,7 @@ CKPT = 'ckpt.pt'
 @dataclass
 class Source:
     name: str  # for messages: 'the checkpoint', 'gpt2-xl', a folder
+    path: str = ''  # where its weights are: out/ckpt.pt, out/ckpt.dcp, 'gpt2-xl', a folder
     model_args: dict = None  # its architecture; None for a new model
     ckpt: dict = None  # resume: the checkpoint (its 'model' holds the weights of a ckpt.pt)
     weights: object = None  # pretrained: a function that reads the full state dict, under GPT's names
@@ -78,9 +80,10 @@ def open_source(init_from, out_dir):
     if kind == 'resume':
         path = require_checkpoint(out_dir)
         ckpt = load(path)
-        return Source('the checkpoint', ckpt['model_args'], ckpt)
+        return Source('the checkpoint', path, ckpt['model_args'], ckpt)
     import hf
-    return Source(init_from, hf.gpt2_args(init_from), weights=lambda: hf.gpt2_state_dict(hf.gpt2_weight_files(init_from)))
+    return Source(init_from, init_from, hf.gpt2_args(init_from),
+                  weights=lambda: hf.gpt2_state_dict(hf.gpt2_weight_files(init_from)))
 
 
 def init_model(cfg, meta, machine):
@@ -203,7 +206,7 @@ def checked_weights(model, source):
     if any(problems.values()):
         listed = '; '.join(f"{what}: {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"
                            for what, keys in problems.items() if keys)
-        raise ValueError(f'the weights in {source.name} do not match its architecture ({listed}): the files were '
+        raise ValueError(f'the weights in {source.path} do not match its architecture ({listed}): the files were '
                          'edited, truncated or written by another program')
     return weights
 
@@ -337,7 +340,7 @@ def load_optimizer(ckpt, model, optimizer):
     Returns False, leaving `optimizer` fresh, when the checkpoint has none."""
     if 'sharded' not in ckpt and not ckpt.get('optimizer'):
         return False  # a checkpoint shared without it: the caller says that the optimizer starts fresh
-    if 'sharded' in ckpt or not isinstance(model, GPT):  # an FSDP model, or shards to read
+    if 'sharded' in ckpt or isinstance(model, FSDPModule):  # shards to read, or an FSDP model
         import sharded_checkpoint
         sharded_checkpoint.load_optimizer(ckpt, model, optimizer)
     else:

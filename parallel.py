@@ -21,14 +21,9 @@ from torch.distributed.tensor import distribute_tensor
 
 from model import GPT
 
-PARALLELS = ('ddp', 'fsdp')
-
 
 def check(parallel, cpu_offload, machine):
     """The parallelism options against the machine, before anything is built: one-line errors."""
-    if parallel not in PARALLELS:
-        raise ValueError(f"parallel={parallel!r} is not one of {', '.join(PARALLELS)} (ddp: every process holds the "
-                         'whole model; fsdp: each holds a shard)')
     if parallel == 'fsdp' and not machine.backend:
         raise ValueError('parallel=fsdp shards the model across torchrun\'s processes: run it under torchrun, e.g. '
                          '`torchrun --standalone --nproc_per_node=1 train.py ... --parallel=fsdp` on one GPU')

@@ -74,7 +74,7 @@ DEFAULTS = dict(
     seed=1337,
 )
 TYPES_OF_NONE = {'vocab_size': int, 'd_ff': int, 'n_kv_head': int, 'compile': bool}
-CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd')}
+CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd'), 'parallel': ('ddp', 'fsdp')}
 
 
 def setting_problems(cfg, keys=None):

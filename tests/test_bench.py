@@ -10,6 +10,7 @@ import torch
 import bench
 import machine
 import sample
+from configurator import Config
 from conftest import ROOT
 from model import GPT, GPTConfig
 
@@ -68,10 +69,10 @@ def test_unknown_peak_shows_no_mfu(monkeypatch, capsys):
 
 def test_cpu_defaults():
     cpu = machine.Machine(device='cpu', dtype='float32', compile=False)
-    cfg = bench.resolve(dict(bench.DEFAULTS), cpu)
+    cfg = bench.resolve(Config(bench.DEFAULTS), cpu)
     assert (cfg['batch_size'], cfg['block_size'], cfg['steps'], cfg['warmup']) == (1, 256, 10, 2)
     assert (cfg['n_layer'], cfg['n_embd']) == (12, 768)  # GPT-2 124M
-    given = bench.resolve(dict(bench.DEFAULTS, batch_size=64, steps=5), cpu)
+    given = bench.resolve(Config(dict(bench.DEFAULTS, batch_size=64, steps=5)), cpu)
     assert (given['batch_size'], given['steps'], given['block_size']) == (64, 5, 256)
 
 

@@ -267,7 +267,7 @@ def test_activation_checkpointing_runs_each_block_again_in_backward():
     (['config/finetune_shakespeare.py', '--gpus=2', '--device_memory=24GB'], 'FSDP', '--nproc_per_node=2'),
     (['config/finetune_shakespeare.py', '--gpus=8', '--device_memory=80GB'], 'DDP', '--nproc_per_node=8 train.py '
                                                                                     'config/finetune_shakespeare.py'),
-    (['--init_from=llama2_7b', '--batch_size=1', '--gradient_accumulation_steps=8', '--gpus=8',
+    (['config/model_llama2_7b.py', '--batch_size=1', '--gradient_accumulation_steps=8', '--gpus=8',
       '--device_memory=80GB'], 'FSDP', 'train.py config/model_llama2_7b.py --batch_size=1'),
 ])
 def test_sizing_plans_the_parallelism(argv, best, command_has):

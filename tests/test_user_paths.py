@@ -292,7 +292,7 @@ def test_broken_checkpoint_is_one_line_in_every_script(char_data, trained, tmp_p
           for command in (sample, export, sizing, resume)],
         (resume(unknown), [f'{unknown}/ckpt.pt has model_args this GPT does not know', "'flux'"]),
         (export(no_args), [f'{no_args}/ckpt.pt has no model and model_args']),
-        (sample(edited), [f"weights in {edited}/ckpt.pt do not match its model_args: missing ['transformer.h.1",
+        (sample(edited), [f'weights in {edited}/ckpt.pt do not match its architecture (missing: transformer.h.1',
                           'edited']),
     ]
     for result, (_, words) in zip(run_all(*[command for command, _ in cases]), cases):
