@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -35,8 +36,7 @@ with open(os.path.join(os.environ['COUNTS'], 'rank' + os.environ.get('RANK', '0'
 
 def counted_run(tmp_path, data, out_dir, *extra, processes=1):
     """Per rank, the counts of one train.py run."""
-    counts_dir = tmp_path / f'counts-{out_dir.name}-{processes}'
-    counts_dir.mkdir()
+    counts_dir = tempfile.mkdtemp(dir=tmp_path)
     script = tmp_path / 'counting_train.py'
     script.write_text(COUNTING_TRAIN)
     launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}'] \
@@ -45,9 +45,13 @@ def counted_run(tmp_path, data, out_dir, *extra, processes=1):
             '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2',
             '--gradient_accumulation_steps=2', '--eval_iters=1', '--eval_interval=2', '--warmup_iters=0', *extra]
     result = subprocess.run([*launch, str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, COUNTS=str(counts_dir), OMP_NUM_THREADS='1'))
+                            env=dict(os.environ, COUNTS=counts_dir, OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return [json.loads((counts_dir / f'rank{rank}').read_text()) for rank in range(processes)]
+    counts = []
+    for rank in range(processes):
+        with open(os.path.join(counts_dir, f'rank{rank}')) as f:
+            counts.append(json.load(f))
+    return counts
 
 
 @pytest.fixture(scope='module')
