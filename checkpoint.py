@@ -129,7 +129,7 @@ def tokenizer_for(model, source, data_dir=''):
     if not data_dir and (trained.get('data_dir') or trained.get('dataset')):
         data_dir = dataset.folder(trained.get('dataset'), trained.get('data_dir'))
     meta = dataset.load_meta(data_dir) if data_dir else None
-    dataset.check_fingerprint(trained.get('tokenizer'), meta, data_dir, source.name,
+    dataset.check_fingerprint(trained.get('tokenizer'), meta, data_dir, source.path,
                               'pass the --data_dir of the data it was trained on')
     tokenizer = dataset.Tokenizer(meta)
     if tokenizer.vocab_size > model.config.vocab_size:
