@@ -95,10 +95,9 @@ def check(defaults, key, value, source, types_of_none):
     expected = type(defaults[key]) if defaults[key] is not None else types_of_none.get(key)
     if expected is None or (value is None and key in types_of_none):
         return value
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # 1e4 for max_iters
+    if (expected is float and isinstance(value, int) and not isinstance(value, bool)
+            or expected is int and isinstance(value, float) and value.is_integer()):
+        return expected(value)  # --learning_rate=1, --max_iters=1e4
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise ConfigError(f'{key} expects {expected.__name__}, got {value!r} ({type(value).__name__}) in {source}')
     return value

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-# gloo beside NCCL (as torchtitan's): FSDP's CPU offload clips gradients and Muon all-gathers on CPU tensors
+# NCCL carries CUDA tensors only: gloo beside it (as torchtitan's) for FSDP's CPU offload, clipping and Muon
 GPU_BACKEND = 'cuda:nccl,cpu:gloo'
 # not NCCL's 10 minutes: the others wait that long while rank 0 writes a 7B model's ckpt.pt (~110 GB) to a slow disk
 GROUP_TIMEOUT = datetime.timedelta(minutes=60)
@@ -99,15 +99,15 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
         backend = GPU_BACKEND if cuda and backend != 'gloo' else 'gloo'
         # device_id: NCCL binds its communicator to this GPU now instead of guessing it at the first collective
         dist.init_process_group(backend, timeout=GROUP_TIMEOUT, device_id=torch.device(device) if cuda else None)
-    if compile is None:  # CUDA GPUs of capability 7.0+; on a CPU compiling outlasts the short runs people make there
+    dtype = resolve_dtype(dtype, device)
+    if compile is None:  # CUDA capability 7.0+ (not MPS); on a CPU compiling outlasts the short runs people make
         compile = cuda and torch.cuda.get_device_capability(torch.device(device))[0] >= 7
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if device == 'cpu':
         keep_freed_memory()
-    return Machine(device, resolve_dtype(dtype, device), compile, rank, local_rank, world_size, backend,
-                   native_bf16(device), peak_flops)
+    return Machine(device, dtype, compile, rank, local_rank, world_size, backend, native_bf16(device), peak_flops)
 
 
 def teardown(finished=True):
