@@ -19,7 +19,7 @@ def atomic_path(path):
     os.makedirs(directory, exist_ok=True)
     prefix = f".{os.path.basename(path)}.{socket.gethostname().replace('.', '_')}-"
     for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.tmp')):
-        # .ckpt.pt.HOST-PID.XXXX.tmp, left by a `kill -9` of this machine (17 GB for OpenWebText's train.bin)?
+        # .ckpt.pt.HOST-PID.XXXX.tmp left by a process of this machine killed with `kill -9`? (train.bin's: 17 GB)
         pid = os.path.basename(stale)[len(prefix):].split('.')[0]
         try:
             os.kill(int(pid), 0)  # signal 0: only whether the process runs

@@ -71,7 +71,7 @@ def read_config_file(path, config):
     """The names a config file assigns (it runs with the current config visible to it)."""
     if not os.path.isfile(path):
         here = os.path.dirname(path) or '.'
-        options = sorted(f for f in os.listdir(here) if f.endswith('.py')) if os.path.isdir(here) else []
+        options = [f for f in os.listdir(here) if f.endswith('.py')] if os.path.isdir(here) else []
         close = difflib.get_close_matches(os.path.basename(path), options, n=3)
         hint = f" (did you mean {', '.join(os.path.join(here, c) for c in close)}?)" if close else ''
         raise ConfigError(f'config file {path} not found{hint}; an override is written --key=value')
