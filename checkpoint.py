@@ -113,7 +113,7 @@ def init_model(cfg, meta, machine):
 
 def load_model(init_from, out_dir='out'):
     """(model, source): the model of a checkpoint or of pretrained weights exactly as saved, for sampling,
-    evaluating or exporting, and where it came from (tokenizer_for reads what it was trained on)."""
+    evaluating or exporting, and where it came from (tokenizer.for_model reads what it was trained on)."""
     source = open_source(init_from, out_dir)
     if source.model_args is None:
         raise ValueError("init_from='scratch' has no weights to use: give 'resume' (with --out_dir), a GPT-2 name "
@@ -121,21 +121,6 @@ def load_model(init_from, out_dir='out'):
     model = GPT(GPTConfig(**source.model_args))
     load_weights(model, source)
     return model, source
-
-
-def tokenizer_for(model, source, data_dir=''):
-    """The tokenizer of data_dir, else of the data the source was trained on, else GPT-2's BPE."""
-    trained = (source.ckpt or {}).get('config') or {}
-    if not data_dir and (trained.get('data_dir') or trained.get('dataset')):
-        data_dir = dataset.folder(trained.get('dataset'), trained.get('data_dir'))
-    meta = dataset.load_meta(data_dir) if data_dir else None
-    dataset.check_fingerprint(trained.get('tokenizer'), meta, data_dir, source.path,
-                              'pass the --data_dir of the data it was trained on')
-    tokenizer = dataset.Tokenizer(meta)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f'the tokenizer ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not fit the model '
-                         f'(vocab_size={model.config.vocab_size}): pass the --data_dir of the data it was trained on')
-    return tokenizer
 
 
 def architecture(cfg, meta, source):

@@ -1,14 +1,11 @@
 """
 A prepared dataset: data/<name>/train.bin and val.bin, one long stream of token ids each, and meta.pkl,
-which says how to read them. The batches a training run draws from them, and the tokenizer that turns
-text into ids and back.
+which says how to read them; the batches a training run draws from them (text <-> ids: tokenizer.py).
 
-meta.pkl is a dict of plain values: vocab_size, dtype ('uint16' | 'uint32'), tokenizer ('char' or a
-tiktoken encoding such as 'gpt2'), for 'char' the stoi / itos tables, and the token counts of the two
-bins (train_tokens, val_tokens), which are checked on reading so that bins and meta of two different
-preparations are never read together. nanoGPT's meta.pkl (char, no dtype, tokenizer or counts) and its
-meta-less GPT-2 bins read as uint16 / gpt2. A meta.pkl is read without running anything: only plain
-types (dict, list, str, numbers) are admitted, where pickle.load would run whatever a file asks for.
+meta.pkl is a dict of plain values: vocab_size, dtype ('uint16' | 'uint32'), tokenizer ('char' or a tiktoken
+encoding such as 'gpt2'), for 'char' the stoi / itos tables, and the bins' token counts (train_tokens, val_tokens),
+checked on reading so that the files of two preparations are never read together. nanoGPT's meta.pkl (char, no
+dtype, tokenizer or counts) and its meta-less GPT-2 bins read as uint16 / gpt2. Reading a meta.pkl runs no code.
 """
 
 import hashlib
@@ -22,8 +19,7 @@ import torch
 
 
 class PlainUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, tuples, sets, strings, bytes, numbers, booleans and None, nothing else: those
-    need no class lookup, and every class lookup (how a pickle runs code) is refused."""
+    """Plain values only: every class lookup, which is how a pickle runs code, is refused."""
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f'it asks for {module}.{name}, and only plain values are allowed')
@@ -52,14 +48,14 @@ def meta_problems(meta):
     if not isinstance(meta, dict):
         return [f'it holds a {type(meta).__name__}, not a dict']
     out = []
+    tokenizer = meta.get('tokenizer', 'char')  # no key: nanoGPT's, which writes a meta.pkl for char data only
     if not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
         out.append(f"vocab_size={meta.get('vocab_size')!r} is not a positive integer")
-    if not isinstance(meta.get('tokenizer', 'char'), str):
-        out.append(f"tokenizer={meta['tokenizer']!r} is not 'char' or the name of a tiktoken encoding")
+    if not isinstance(tokenizer, str):
+        out.append(f"tokenizer={tokenizer!r} is not 'char' or the name of a tiktoken encoding")
     if meta.get('dtype', 'uint16') not in ('uint16', 'uint32'):
         out.append(f"dtype={meta['dtype']!r} is not 'uint16' or 'uint32'")
-    # no tokenizer key: nanoGPT's, which writes a meta.pkl for character-level data only (its stoi and itos)
-    if meta.get('tokenizer', 'char') == 'char':
+    if tokenizer == 'char':
         stoi, itos = meta.get('stoi'), meta.get('itos')
         if not isinstance(stoi, dict) or not isinstance(itos, dict) or len(stoi) != len(itos):
             out.append('a char tokenizer needs stoi and itos tables of the same size')
@@ -69,7 +65,6 @@ def meta_problems(meta):
 
 
 def folder(dataset, data_dir=''):
-    """A dataset's folder: data_dir, else data/<dataset>."""
     return data_dir or os.path.join('data', dataset)
 
 
@@ -88,15 +83,12 @@ def vocab_dtype(vocab_size):
 
 
 def check_bins(data_dir, meta, block_size):
-    """Each split's number of tokens, after checking that the bins exist, belong to this meta.pkl and hold
-    more than one block."""
-    dtype = token_dtype(meta)
-    sizes = {}
+    """A ValueError unless both bins exist, belong to this meta.pkl and hold more than one block."""
     for split in ('train', 'val'):
         path = os.path.join(data_dir, f'{split}.bin')
         if not os.path.exists(path):
             raise FileNotFoundError(f'{path} is missing: prepare the dataset again (data/<name>/prepare.py)')
-        n = os.path.getsize(path) // dtype.itemsize
+        n = os.path.getsize(path) // token_dtype(meta).itemsize
         expected = (meta or {}).get(f'{split}_tokens')
         if expected is not None and n != expected:
             raise ValueError(f'{path} holds {n:,} tokens but meta.pkl says {expected:,}: the folder mixes two '
@@ -104,15 +96,11 @@ def check_bins(data_dir, meta, block_size):
         if n <= block_size:
             fix = f'use a smaller --block_size (at most {n - 1}) or more data' if n > 1 else 'prepare it again'
             raise ValueError(f'{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size}: {fix}')
-        sizes[split] = n
-    return sizes
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens from the memory-mapped token bins. Each batch is a pure function
-    of its key: a training batch of (seed, iteration, micro-step counted over all processes), so that a resumed
-    run sees exactly the batches an uninterrupted one would, on any number of processes; an eval batch of
-    (seed, split, k), the same at every eval and for every number of processes."""
+    """Random windows of block_size + 1 tokens, each batch a pure function of its key (seed, iteration, micro-step
+    over all processes; for evals seed, split, k): a resumed run sees an uninterrupted one's, on any world size."""
 
     def __init__(self, data_dir, meta, block_size, batch_size, device, seed, vocab_size):
         check_bins(data_dir, meta, block_size)
@@ -135,68 +123,28 @@ class Batches:
             raise ValueError(f'{split}.bin in {self.data_dir} holds token id {xy.max()}, but the model has only '
                              f'{self.vocab_size} (ids 0..{self.vocab_size - 1}): the bins were made with another '
                              'tokenizer than meta.pkl says; prepare the dataset again')
-        # inputs and targets as one contiguous (2, B, T) block: pinned memory must be contiguous, or the copy to
-        # the GPU goes through an unpinned temporary and non_blocking does nothing; one copy instead of two
+        # x and y as one contiguous (2, B, T) block: one copy, and non_blocking needs contiguous pinned memory
         xy = torch.from_numpy(np.stack([xy[:, :-1], xy[:, 1:]]).astype(np.int64))
         if self.device.startswith('cuda'):
             xy = xy.pin_memory().to(self.device, non_blocking=True)
         else:
             xy = xy.to(self.device)
-        x, y = xy  # each a contiguous (B, T)
-        return x, y
+        return xy[0], xy[1]  # each a contiguous (B, T)
 
 
 def fingerprint(meta):
-    """A short sha256 of the vocabulary meta describes (None: GPT-2's BPE): of the itos table for 'char', of the
-    encoding's name for tiktoken. A checkpoint records its data's, so that ids remapped by a new preparation
-    (another character set of the same size) are caught by every reader."""
+    """A short sha256 of meta's vocabulary (None: GPT-2's BPE). A checkpoint records its data's, so that ids
+    remapped by a new preparation (another character set of the same size) are caught by every reader."""
     meta = meta or {'tokenizer': 'gpt2'}
-    if meta.get('tokenizer', 'char') == 'char':
-        vocabulary = json.dumps([meta['itos'][i] for i in range(len(meta['itos']))])
-    else:
-        vocabulary = json.dumps(meta['tokenizer'])
-    return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
+    char = meta.get('tokenizer', 'char') == 'char'
+    vocabulary = [meta['itos'][i] for i in range(len(meta['itos']))] if char else meta['tokenizer']  # tiktoken's name
+    return hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:16]
 
 
 def check_fingerprint(recorded, meta, data_dir, source, fix):
-    """A ValueError when the checkpoint `source` recorded another tokenizer than data_dir's meta.pkl describes.
-    Checkpoints without a record (older ones, nanoGPT's) pass."""
+    """A ValueError when checkpoint `source` recorded another vocabulary (older ones and nanoGPT's record none)."""
     if recorded is not None and recorded != fingerprint(meta):
         where = os.path.join(data_dir, 'meta.pkl') if meta else f'{data_dir} (no meta.pkl: GPT-2 BPE)'
         raise ValueError(f'{where} describes another vocabulary than {source} was trained on (tokenizer '
                          f'fingerprint {fingerprint(meta)}, the checkpoint has {recorded}): the data was prepared '
                          f'again or is another dataset, and its ids mean other tokens; {fix}')
-
-
-class Tokenizer:
-    """encode(str) -> list[int] and decode(list[int]) -> str for a dataset's meta (None means GPT-2 BPE).
-    vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304)."""
-
-    def __init__(self, meta=None):
-        self.fingerprint = fingerprint(meta)
-        meta = meta or {'tokenizer': 'gpt2'}
-        self.name = meta['tokenizer']
-        if self.name == 'char':
-            self.stoi, self.itos = meta['stoi'], meta['itos']
-            self.vocab_size = len(self.stoi)
-        else:
-            import tiktoken
-            try:
-                self.enc = tiktoken.get_encoding(self.name)
-            except ValueError:
-                raise ValueError(f'unknown tokenizer {self.name!r} in meta.pkl: it is not a tiktoken encoding') from None
-            self.vocab_size = self.enc.n_vocab
-
-    def encode(self, text):
-        if self.name == 'char':
-            unknown = sorted(set(c for c in text if c not in self.stoi))
-            if unknown:
-                raise ValueError(f'the text has characters missing from the vocabulary: {"".join(unknown)!r} '
-                                 f'({len(unknown)} of them); the model knows only {"".join(sorted(self.stoi))!r}')
-            return [self.stoi[c] for c in text]
-        return self.enc.encode(text, allowed_special={'<|endoftext|>'})
-
-    def decode(self, ids):
-        if self.name == 'char':
-            return ''.join(self.itos[i] for i in ids)
-        return self.enc.decode(ids)

@@ -15,6 +15,7 @@ import time
 import checkpoint
 import hellaswag
 import machine as machines
+import tokenizer as tokenizers
 from configurator import cli, configure
 
 DEFAULTS = dict(
@@ -56,7 +57,7 @@ def main(argv=None):
 def run(cfg, machine):
     with checkpoint.master_first(machine):  # rank 0 downloads pretrained weights, the others read the cache
         model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
+    tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
     hellaswag.check_tokenizer(tokenizer)  # before the download
     with checkpoint.master_first(machine):
         examples = hellaswag.load_examples(cfg['data'] or None, cfg['max_examples'])

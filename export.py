@@ -40,7 +40,7 @@ def main():
               f".save_pretrained({config['to']!r})")
     else:
         print('its vocabulary is not GPT-2\'s: transformers has no tokenizer for it; encode text with the '
-              "dataset's meta.pkl (dataset.Tokenizer) and pass token ids")
+              "dataset's meta.pkl (tokenizer.Tokenizer) and pass token ids")
 
 
 if __name__ == '__main__':

@@ -4,11 +4,9 @@ Muon for the weight matrices inside the transformer blocks, AdamW for everything
     optimizer = MuonAdamW([{'params': matrices, 'muon': True, 'lr': 0.02},
                            {'params': others, 'muon': False, 'lr': 6e-4, 'weight_decay': 0.1}])
 
-Muon (Keller Jordan, https://kellerjordan.github.io/posts/muon/) takes SGD's Nesterov momentum of a
-matrix's gradient and replaces it by the nearest semi-orthogonal matrix (all singular values ~1), found
-with a few Newton-Schulz iterations: every direction of the update moves by the same amount, however
-small its gradient was. It only makes sense for 2-D weights that multiply activations; embeddings,
-the output head, norm gains and biases are left to AdamW (https://arxiv.org/abs/2502.16982, nanochat).
+Muon (Keller Jordan, https://kellerjordan.github.io/posts/muon/) replaces the Nesterov momentum of a matrix's
+gradient by the nearest semi-orthogonal matrix (Newton-Schulz): every direction moves alike, however small its
+gradient. Only for 2-D weights that multiply activations; the rest goes to AdamW (arXiv 2502.16982, nanochat).
 """
 
 import math
@@ -16,9 +14,8 @@ import math
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-# Newton-Schulz quintic x -> a x + b x^3 + c x^5 applied to the singular values: these coefficients
-# (Keller Jordan's) raise small singular values fastest; after 5 steps a gradient's singular values lie
-# around 0.7-1.2 rather than exactly at 1, which trains as well as the exact U V^T and costs 15 matmuls.
+# Newton-Schulz quintic x -> a x + b x^3 + c x^5 on the singular values, Keller Jordan's coefficients: small ones
+# rise fastest; 5 steps (15 matmuls) leave them around 0.7-1.2, which trains as well as the exact U V^T.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
@@ -38,12 +35,8 @@ def orthogonalize(G, steps=5, dtype=torch.bfloat16):
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """Param groups with muon=True are updated by Muon (Nesterov momentum, Newton-Schulz, decoupled weight
-    decay), the others by AdamW as torch.optim.AdamW computes it (no amsgrad, not fused). One torch
-    Optimizer, so that step, zero_grad, state_dict, load_state_dict, the GradScaler (unscale_, step) and
-    clip_grad_norm_ work as with AdamW; under FSDP (DTensor shards) each process orthogonalizes every matrix
-    whole and keeps its own rows. ns_dtype is the Newton-Schulz matmuls' dtype: bf16 where the device computes
-    it natively, else float32 (a bf16 matmul is ~100x slower than fp32 on an AVX2 CPU)."""
+    """Muon for groups with muon=True, torch.optim.AdamW's arithmetic for the rest, in one Optimizer (state_dict,
+    GradScaler, clip_grad_norm_ as with AdamW). ns_dtype: float32 where bf16 is not native (~100x slower on AVX2)."""
 
     def __init__(self, param_groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, momentum=0.95,
                  nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16):
@@ -59,10 +52,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure=None):  # torch's signature; no closure is ever passed (nor needed)
         for group in self.param_groups:
             params = [p for p in group['params'] if p.grad is not None]
-            if group['muon']:
-                self._muon_step(group, params)
-            else:
-                self._adamw_step(group, params)
+            (self._muon_step if group['muon'] else self._adamw_step)(group, params)
 
     def _muon_step(self, group, params):
         lr, momentum = group['lr'], group['momentum']
@@ -79,8 +69,7 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 update = orthogonalize(update, group['ns_steps'], self.ns_dtype)
             p.mul_(1 - lr * group['weight_decay'])
-            # a semi-orthogonal update's RMS is 1 / sqrt(max(rows, cols)): scaled to 1 / sqrt(cols) for every
-            # shape, so that tall matrices move as much as wide ones (Keller Jordan's scale)
+            # scaled to an RMS of 1 / sqrt(cols) for every shape, so that tall matrices move as much as wide ones
             p.add_(update.to(p.dtype), alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
 
     def _adamw_step(self, group, params):

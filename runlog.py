@@ -1,17 +1,17 @@
 """
 What a training run reports, from its master process: the console, out_dir/metrics.jsonl, out_dir/loss.png and wandb.
 
-metrics.jsonl is strict JSON (NaN and infinities are written as null), one record per logged iteration
-({"iter", "tokens", "loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss"});
-"tokens" counts the training tokens seen up to that iteration. A resumed run first rewrites it without what came
-after its checkpoint, so that the file holds each iteration once. loss.png is drawn from it (curves.py) after
-every evaluation (at the next logged step, the checkpoint saved) and at the end.
+metrics.jsonl is strict JSON (NaN and infinities as null), one record per logged iteration ({"iter", "tokens",
+"loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss"}), "tokens" counting the
+training tokens seen; a resumed run first drops what came after its checkpoint, so each iteration is there once.
+loss.png is drawn from it (curves.py) after every evaluation (once the checkpoint is saved) and at the end.
 """
 
 import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from atomic import atomic_path
 from configurator import one_line
@@ -19,12 +19,8 @@ from training import tokens_per_iter
 
 
 class Log:
-    """What the master process reports: the console, out_dir/metrics.jsonl (strict JSON, one record per logged
-    iteration and eval: a resumed run first drops what came after its checkpoint), out_dir/loss.png and wandb."""
-
     def __init__(self, cfg, machine, iter_num):
-        self.master, self.ema_mfu, self.file, self.wandb = machine.master, None, None, None
-        self.iter_start = iter_num
+        self.master, self.iter_start, self.ema_mfu, self.file, self.wandb = machine.master, iter_num, None, None, None
         # loss.png's path; whether an evaluation asks for it to be drawn; whether records came after its last drawing
         self.plot, self.draw_due, self.unplotted = None, False, False
         if not machine.master or cfg['eval_only']:
@@ -41,8 +37,7 @@ class Log:
                                  iter_num * self.tokens_per_iter)
         self.plot = os.path.join(cfg['out_dir'], 'loss.png')
         self.label = os.path.basename(os.path.normpath(cfg['out_dir']))  # the run's name in the picture
-        if cfg['wandb_log']:
-            self.wandb = start_wandb(cfg)
+        self.wandb = start_wandb(cfg) if cfg['wandb_log'] else None
 
     def record(self, record):
         if not self.file:
@@ -57,14 +52,13 @@ class Log:
             self.wandb.log(record, step=record['iter'])
 
     def draw(self):
-        """out_dir/loss.png from metrics.jsonl. It is only a picture: if it cannot be drawn, say so once and train on."""
+        """out_dir/loss.png from metrics.jsonl; only a picture: if it cannot be drawn, say so once and train on."""
         self.draw_due = False
-        if not self.plot:
-            return
-        if not os.path.exists(self.file.name):  # moved or removed during the run: keep the last picture
+        if self.plot and not os.path.exists(self.file.name):  # moved or removed during the run: keep the picture
             print(f'warning: {self.file.name} is gone (moved?), so {self.plot} is left as it was; the run '
                   'goes on logging to the moved file')
             self.plot = None
+        if not self.plot:
             return
         try:
             import curves  # here, not at the top: matplotlib takes a second to import, and a run without it trains
@@ -78,9 +72,8 @@ class Log:
         if self.master:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             self.record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
-            # drawn at the next logged step (its time counts in the next iteration's), once the checkpoint is saved:
-            # a picture never delays a save, and this iteration's HellaSwag score is in it. A run's first evaluation
-            # waits for the next one: it has no training step to show yet
+            # drawn at the next logged step, after the save and this iteration's HellaSwag score (its time counts in
+            # that step's); not after a run's first evaluation, which has no training step to show yet
             self.draw_due = iter_num > self.iter_start
 
     def hellaswag(self, iter_num, result):
@@ -112,22 +105,18 @@ class Log:
 
 
 def read_records(path, before=math.inf, quiet=False):
-    """The records of metrics.jsonl, or, for a run resumed at iteration `before`, those up to it: its training steps
-    up to it, its evals before it (the resumed run evaluates that iteration again). A line cut by a kill is dropped;
-    other lines that are not train.py's records (a note added by hand, an edited iter) are skipped with a count on
-    stderr; NaN and infinities (which an older version wrote) read as null."""
+    """metrics.jsonl's records; for a run resumed at iteration `before`, its steps up to it and its evals before it
+    (it evaluates that iteration again). Lines that are not records are counted on stderr, but the last (a kill's)."""
+    lines = Path(path).read_text().split('\n') if os.path.exists(path) else []
     records, foreign = [], 0
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = f.read().split('\n')
-        for i, line in enumerate(lines):
-            try:
-                r = record_of(line)
-            except ValueError:
-                foreign += bool(line.strip()) and i < len(lines) - 1  # not the last line: a kill cuts only that one
-                continue
-            if r['iter'] < before or (r['iter'] == before and 'loss' in r):
-                records.append(r)
+    for i, line in enumerate(lines):
+        try:
+            r = record_of(line)
+        except ValueError:
+            foreign += bool(line.strip()) and i < len(lines) - 1  # not the last line: a kill cuts only that one
+            continue
+        if r['iter'] < before or (r['iter'] == before and 'loss' in r):
+            records.append(r)
     if foreign and not quiet:
         print(f'note: {path}: skipped {foreign} line{"s" * (foreign > 1)} that are not records of train.py',
               file=sys.stderr)
@@ -135,8 +124,7 @@ def read_records(path, before=math.inf, quiet=False):
 
 
 def record_of(line):
-    """A metrics.jsonl line as a record, or a ValueError: a JSON object with a whole-number iter and numbers
-    (or null) for values."""
+    """A metrics.jsonl line as a record (NaN and infinities, which an older version wrote, as null), or a ValueError."""
     r = json.loads(line)
     if not isinstance(r, dict) or type(r.get('iter')) is not int or r['iter'] < 0 or not all(
             v is None or type(v) in (int, float) for k, v in r.items()):

@@ -18,6 +18,7 @@ import torch
 
 import checkpoint
 import machine as machines
+import tokenizer as tokenizers
 from atomic import atomic_path
 from configurator import cli, configure
 
@@ -125,7 +126,7 @@ def main(argv=None):
     check_options(cfg)
     machine = machines.setup(cfg['device'], cfg['dtype'], cfg['compile'])
     model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
+    tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
     model.eval().to(machine.device)
     if machine.compile:
         model.compile()  # in place, so that generate's calls to the model run compiled

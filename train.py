@@ -113,7 +113,8 @@ def load_hellaswag(cfg, meta, machine):
     """HellaSwag's score of a model, as a function, for the evaluations during training (the master fetches the
     data, the others then read it)."""
     import hellaswag
-    tokenizer = dataset.Tokenizer(meta)
+    from tokenizer import Tokenizer
+    tokenizer = Tokenizer(meta)
     hellaswag.check_tokenizer(tokenizer)
     with checkpoint.master_first(machine):
         examples = hellaswag.load_examples(cfg.hellaswag_data or None)

@@ -5,7 +5,7 @@ every new token. The baseline of benchmarks/generate_speed.py as a whole process
     python benchmarks/sample_recompute.py --out_dir=out-shakespeare-char --num_samples=1 --max_new_tokens=500
 
 Same options and defaults as sample.py (those that apply), the same checkpoint and tokenizer loading
-(checkpoint.load_model, checkpoint.tokenizer_for), the same sampling; prints the samples when they are done.
+(checkpoint.load_model, tokenizer.for_model), the same sampling; prints the samples when they are done.
 """
 
 import os
@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import checkpoint
 import machine
+import tokenizer as tokenizers
 from configurator import cli, configure
 from model import sample_next
 from sample import DEFAULTS as SAMPLE_DEFAULTS, TYPES_OF_NONE
@@ -48,7 +49,7 @@ def main(argv=None):
             cfg['start'] = f.read()
     m = machine.setup(cfg['device'], cfg['dtype'], compile=False)
     model, source = checkpoint.load_model('resume', cfg['out_dir'])
-    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
+    tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
     model.eval().to(m.device)
     torch.manual_seed(cfg['seed'])
     prompt_ids = tokenizer.encode(cfg['start'])

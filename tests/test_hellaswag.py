@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
-import dataset
 import hellaswag
 import hf
 import machine
 from conftest import ROOT, WORDS, gpt2_encoding
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 
 CPU = machine.Machine('cpu', 'float32', compile=False)
 EXAMPLES = [
@@ -136,7 +136,7 @@ def assert_clear_choices(losses):
 
 def assert_same_losses(folder, examples, ref_summed, ref_mean):
     """hellaswag.py's summed and mean losses of every ending (its padded batch of 4) equal the reference's."""
-    model, tokenizer = checkpoint.load_model(folder)[0].eval(), dataset.Tokenizer()
+    model, tokenizer = checkpoint.load_model(folder)[0].eval(), Tokenizer()
     for (ctx, endings, _), summed, mean in zip(examples, ref_summed, ref_mean):
         tokens, mask = hellaswag.render({'ctx': ctx, 'endings': endings}, tokenizer, model.config.block_size)
         with torch.no_grad():
@@ -174,7 +174,7 @@ def test_a_long_context_keeps_its_end(tmp_path):
     assert_same_losses(folder, examples, summed, mean)
     # each row is the context's end and an ending; the longest row fills the window of 32 inputs + 1 target
     endings = EXAMPLES[2][1]
-    tokens, mask = hellaswag.render({'ctx': long_ctx, 'endings': endings}, dataset.Tokenizer(), 32)
+    tokens, mask = hellaswag.render({'ctx': long_ctx, 'endings': endings}, Tokenizer(), 32)
     rows = reference_rows(enc, long_ctx, endings, 32)
     assert tokens.shape == (4, 33)
     for i, (row, row_mask) in enumerate(rows):
@@ -187,7 +187,7 @@ def test_a_long_context_keeps_its_end(tmp_path):
 def test_sharded_counts_sum_to_the_whole(setup):
     gpt2_encoding()
     folder, data = setup
-    model, tokenizer = checkpoint.load_model(folder)[0], dataset.Tokenizer()
+    model, tokenizer = checkpoint.load_model(folder)[0], Tokenizer()
     examples = hellaswag.load_examples(data)
     whole = hellaswag.score(model, tokenizer, examples, CPU)
     shards = [hellaswag.score(model, tokenizer, examples, CPU, rank, 2) for rank in (0, 1)]
@@ -206,7 +206,7 @@ def test_torchrun_splits_the_examples_and_prints_once(setup):
                             env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)  # one object: only rank 0 prints
-    whole = hellaswag.evaluate(checkpoint.load_model(folder)[0], dataset.Tokenizer(), hellaswag.load_examples(data), CPU)
+    whole = hellaswag.evaluate(checkpoint.load_model(folder)[0], Tokenizer(), hellaswag.load_examples(data), CPU)
     assert {k: out[k] for k in whole} == whole
 
 

@@ -12,7 +12,8 @@ import requests
 
 import corpus as prepare
 from conftest import ROOT, gpt2_encoding, shakespeare
-from dataset import Tokenizer, load_meta, token_dtype
+from dataset import load_meta, token_dtype
+from tokenizer import Tokenizer
 
 OUTPUTS = ('train.bin', 'val.bin', 'meta.pkl')
 

@@ -10,10 +10,12 @@ import checkpoint
 import dataset
 import machine
 import sample
+import tokenizer as tokenizers
 import train
 from configurator import configure
 from conftest import ROOT, gpt2_encoding
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 from test_train import args, char_data  # noqa: F401 (a fixture)
 
 
@@ -33,7 +35,7 @@ def run_sample(out_dir, *extra, write=None):
                     sample.TYPES_OF_NONE)
     sample.check_options(cfg)
     model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = checkpoint.tokenizer_for(model, source, cfg['data_dir'])
+    tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
     torch.manual_seed(cfg['seed'])
     chunks = []
     samples = sample.generate_samples(model.eval(), tokenizer, CPU, cfg, write=write or chunks.append)
@@ -57,7 +59,7 @@ def test_greedy_equals_recomputation(trained):
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
     model.eval()
-    tokenizer = dataset.Tokenizer(dataset.load_meta(ckpt['config']['data_dir']))
+    tokenizer = Tokenizer(dataset.load_meta(ckpt['config']['data_dir']))
     idx = torch.tensor([tokenizer.encode('king')])
     for _ in range(20):
         idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
@@ -76,7 +78,7 @@ def test_streaming_never_splits_a_multibyte_character(tmp_path):
     gpt2_encoding()  # or skip
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50257)).eval()
-    tokenizer = dataset.Tokenizer(None)
+    tokenizer = Tokenizer(None)
     ids = tokenizer.encode('héllo wörld 東京 ')
     chunks = []
     streamer = sample.Streamer(tokenizer, ids[:1], chunks.append)

@@ -22,6 +22,7 @@ import sharded_checkpoint
 import dataset
 from conftest import ROOT, write_char_dataset
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 from test_user_paths import BENCH, RUN, Exploit, assert_one_line_error, run, run_all
 
 MODEL_ARGS = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False)
@@ -279,7 +280,7 @@ def test_reprepared_data_is_refused_by_every_reader(model_files, char_data, tmp_
 
 def test_fingerprint_names_the_vocabulary():
     meta = {'tokenizer': 'char', 'itos': {0: 'a', 1: 'b'}, 'stoi': {'a': 0, 'b': 1}, 'vocab_size': 2}
-    assert dataset.fingerprint(meta) == dataset.Tokenizer(meta).fingerprint
+    assert dataset.fingerprint(meta) == Tokenizer(meta).fingerprint
     assert dataset.fingerprint(meta) != dataset.fingerprint(dict(meta, itos={0: 'b', 1: 'a'}))
     assert dataset.fingerprint(None) == dataset.fingerprint({'tokenizer': 'gpt2'}) != dataset.fingerprint(
         {'tokenizer': 'cl100k_base'})
