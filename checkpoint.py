@@ -4,13 +4,11 @@ Where a model comes from, and out_dir/ckpt.pt.
     model, ckpt = checkpoint.init_model(cfg, meta, machine)      # train.py: init_from's model, built once
     model, source = checkpoint.load_model('resume', 'out')        # sample.py, evaluate.py, export.py
 
-init_from is 'scratch', 'resume' (out_dir's checkpoint: ckpt.pt, or FSDP's shards ckpt.dcp, see
-sharded_checkpoint.py) or pretrained weights (a GPT-2 name or a Hugging Face folder, see hf.py). A resumed or
-pretrained model keeps its architecture: only dropout may change, and block_size shrink (the position table is cropped).
-
-ckpt.pt has nanoGPT's keys: model (the state dict), optimizer, model_args, iter_num, best_val_loss, config (the
-run's resolved settings); and ours: rng (the random generators of every process), scaler. For a GPT-2 model,
-model_args holds nanoGPT's GPTConfig keys only, so nanoGPT's own sample.py reads it. Loading never runs code.
+init_from: 'scratch', 'resume' (out_dir's ckpt.pt, or FSDP's shards ckpt.dcp: sharded_checkpoint.py) or pretrained
+weights (hf.py). Their architecture is kept: only dropout may change, and block_size shrink (positions cropped).
+ckpt.pt has nanoGPT's keys (model, optimizer, model_args, iter_num, best_val_loss, config: the resolved settings)
+and ours: rng (every process's generators), scaler. A GPT-2 model's model_args has nanoGPT's GPTConfig keys only,
+so nanoGPT's sample.py reads it. Loading never runs code.
 """
 
 import os
@@ -85,8 +83,7 @@ def open_source(init_from, out_dir):
 
 
 def init_model(cfg, meta, machine):
-    """(model, checkpoint or None) for cfg.init_from, built once: on this process, or with cfg.parallel == 'fsdp'
-    sharded over the processes without ever being whole (parallel.build)."""
+    """(model, checkpoint or None) for cfg.init_from, built once: on this process, or sharded (parallel.build)."""
     source = open_source(cfg['init_from'], cfg['out_dir'])
     config = architecture(cfg, meta, source)
     if cfg['parallel'] == 'fsdp':
@@ -127,8 +124,7 @@ def tokenizer_for(model, source, data_dir=''):
 
 
 def architecture(cfg, meta, source):
-    """The GPTConfig of the run: cfg's model keys for a new model; else the architecture of the source, with
-    cfg's dropout and, if the command line gave one, a smaller block_size."""
+    """The run's GPTConfig: cfg's for a new model, else the source's with cfg's dropout and a given --block_size."""
     if source.model_args is None:
         return GPTConfig(**dict({k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size_for(cfg['vocab_size'], meta)))
     has = model_args(GPTConfig(**source.model_args), full=True)
@@ -164,8 +160,7 @@ def vocab_size_for(vocab_size, meta):
 
 
 def model_args(config, full=False):
-    """A GPTConfig as the dict a checkpoint stores: nanoGPT's keys, and the others only where they differ
-    from what GPTConfig makes of their absence (full=True: every field)."""
+    """A GPTConfig as a checkpoint stores it: nanoGPT's keys, others only where not implied (full=True: all)."""
     args = {f.name: getattr(config, f.name) for f in fields(GPTConfig)}
     if full:
         return args
@@ -174,8 +169,7 @@ def model_args(config, full=False):
 
 
 def checked_weights(model, source):
-    """The source's full state dict, its position table cropped to the model's block_size (the one crop rule), after
-    checking that it holds exactly the model's tensors: one line listing what is missing, unexpected or misshaped."""
+    """The source's full state dict, positions cropped to block_size, checked to hold exactly the model's tensors."""
     weights = dict(source.ckpt['model'] if source.ckpt else source.weights())
     if 'transformer.wpe.weight' in weights:
         weights['transformer.wpe.weight'] = weights['transformer.wpe.weight'][:model.config.block_size]
@@ -236,8 +230,7 @@ def save(checkpoint, path):
 
 
 def load(path):
-    """A checkpoint of this project or of nanoGPT (a ckpt.pt, or the train state of a ckpt.dcp folder), read
-    without running code and checked: a ValueError says what is wrong with a damaged or foreign file."""
+    """A ckpt.pt (ours or nanoGPT's) or a ckpt.dcp's train state, read without running code and checked."""
     if os.path.isdir(path):
         import sharded_checkpoint
         ckpt = sharded_checkpoint.load_train_state(path)
@@ -267,8 +260,7 @@ def load(path):
 
 
 def check_fields(ckpt, path):
-    """What train.py reads besides the model, checked for type; a missing config becomes {}, and RNG states that do
-    not fit this torch, numpy and Python become [] (restore then draws new random numbers)."""
+    """What train.py reads besides the model, checked; RNG states become a list, [] if they do not fit this torch."""
     if ckpt.get('config') is None:
         ckpt['config'] = {}  # nanoGPT's checkpoints hold one; a stripped or hand-made one may not
     problems = [f'{key} is a {type(ckpt[key]).__name__}, not a dict' for key in ('config', 'optimizer', 'scaler')
