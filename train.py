@@ -43,8 +43,7 @@ def main(argv=None):
         if cfg.parallel == 'fsdp' or cfg.cpu_offload:
             import parallel
             parallel.check(cfg.parallel, cfg.cpu_offload, machine)
-        # rank 0 holds out_dir for the job: the others cannot write without it (every save waits for it), and
-        # torchrun ends them when it dies
+        # rank 0 holds out_dir for the job: the others write only in the saves, which wait for it
         with run_lock(cfg.out_dir, hold=machine.master and not cfg.eval_only):
             losses = train(cfg, machine)
     except BaseException as e:
@@ -109,12 +108,11 @@ def train(cfg, machine):
 
 
 def load_hellaswag(cfg, meta, machine):
-    """HellaSwag's score of a model, as a function, for the evaluations during training (the master fetches the
-    data, the others then read it)."""
+    """HellaSwag's score of a model, as a function, for the evaluations during training."""
     import hellaswag
     tokenizer = dataset.Tokenizer(meta)
     hellaswag.check_tokenizer(tokenizer)
-    with checkpoint.master_first(machine):
+    with checkpoint.master_first(machine):  # the master fetches the data, the others then read it
         examples = hellaswag.load_examples(cfg.hellaswag_data or None)
     return lambda model: hellaswag.evaluate(model, tokenizer, examples, machine)
 
@@ -129,7 +127,7 @@ def restore(ckpt, model, optimizer, scaler, cfg, machine):
         print(f"note: {cfg.out_dir}'s checkpoint has no optimizer state (a shared copy?): the optimizer starts fresh")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
-    states = ckpt['rng']  # checkpoint.load leaves a list, empty if they do not fit this torch
+    states = ckpt['rng']  # a list (checkpoint.load), empty if they do not fit this torch
     if len(states) == machine.world_size:
         checkpoint.set_rng_state(states[machine.rank])
     else:  # another number of processes: the dropout streams cannot continue as they were
