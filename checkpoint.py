@@ -273,7 +273,7 @@ def check_fields(ckpt, path):
     if problems:
         raise ValueError(f"checkpoint {path} is damaged or foreign: {'; '.join(problems)}; restore it, or start again "
                          'with --init_from=scratch')
-    states = ckpt.get('rng') or []
+    states = ckpt.get('rng', [])
     states = [states] if isinstance(states, dict) else states  # one dict: this project's first version
     ckpt['rng'] = states if usable_rng_states(states) else []  # another torch or program wrote them
 
