@@ -4,14 +4,11 @@ Where a model comes from, and out_dir/ckpt.pt.
     model, ckpt = checkpoint.init_model(cfg, meta, machine)      # train.py: init_from's model, built once
     model, source = checkpoint.load_model('resume', 'out')        # sample.py, evaluate.py, export.py
 
-init_from is 'scratch', 'resume' (out_dir's checkpoint: ckpt.pt, or FSDP's shards ckpt.dcp, see
-sharded_checkpoint.py) or pretrained weights (a GPT-2 name or a Hugging Face folder, see hf.py). A resumed or
-pretrained model keeps its architecture: a config that asks for another value of any model field (but dropout)
-is an error, and block_size may only shrink (the learned position table is cropped).
-
-ckpt.pt has nanoGPT's keys: model (the state dict), optimizer, model_args, iter_num, best_val_loss, config (the
-run's resolved settings); and ours: rng (the random generators of every process), scaler. For a GPT-2 model,
-model_args holds nanoGPT's GPTConfig keys only, so nanoGPT's own sample.py reads it. Loading never runs code.
+init_from: 'scratch', 'resume' (out_dir's ckpt.pt, or FSDP's shards ckpt.dcp: sharded_checkpoint.py) or pretrained
+weights (hf.py). Their architecture is kept: only dropout may change, and block_size shrink (positions cropped).
+ckpt.pt has nanoGPT's keys (model, optimizer, model_args, iter_num, best_val_loss, config: the resolved settings)
+and ours: rng (every process's generators), scaler. A GPT-2 model's model_args has nanoGPT's GPTConfig keys only,
+so nanoGPT's sample.py reads it. Loading never runs code.
 """
 
 import os
@@ -72,8 +69,7 @@ def master_first(machine):
 
 
 def open_source(init_from, out_dir):
-    """The Source of init_from: its architecture, and its weights when asked for (pretrained ones are read, and
-    downloaded, only then)."""
+    """The Source of init_from; pretrained weights are read (and downloaded) only when its `weights` is called."""
     kind = source_kind(init_from)
     if kind == 'scratch':
         return Source('a new model')
@@ -87,27 +83,16 @@ def open_source(init_from, out_dir):
 
 
 def init_model(cfg, meta, machine):
-    """(model, checkpoint or None) for cfg.init_from, built once: on this process, or with cfg.parallel == 'fsdp'
-    sharded over the processes (built on the meta device and filled shard by shard, never whole on any process
-    but rank 0 while it reads pretrained weights)."""
+    """(model, checkpoint or None) for cfg.init_from, built once: on this process, or sharded (parallel.build)."""
     source = open_source(cfg['init_from'], cfg['out_dir'])
     config = architecture(cfg, meta, source)
-    if cfg['parallel'] != 'fsdp':
-        model = GPT(config)  # a new model's initialization is drawn here
-        if source.model_args is not None:
-            with master_first(machine):  # rank 0 downloads pretrained weights, the others then read the cache
-                load_weights(model, source)
-        return model, source.ckpt
-    import parallel
-    model = parallel.sharded(config, machine, cfg['cpu_offload'])
-    if source.model_args is None:
-        parallel.init_shards(model, machine)
-    elif 'sharded' in (source.ckpt or {}):
-        load_weights(model, source)  # each process reads its part of the shards
-    else:  # a full state dict: every process reads a ckpt.pt; rank 0 alone reads pretrained weights and sends them
-        from_rank0 = source.ckpt is None
-        parallel.load_full(model, checked_weights(model, source) if machine.master or not from_rank0 else {},
-                           from_rank0)
+    if cfg['parallel'] == 'fsdp':
+        import parallel
+        return parallel.build(config, source, machine, cfg['cpu_offload']), source.ckpt
+    model = GPT(config)  # a new model's initialization is drawn here
+    if source.model_args is not None:
+        with master_first(machine):  # rank 0 downloads pretrained weights, the others then read the cache
+            load_weights(model, source)
     return model, source.ckpt
 
 
@@ -124,8 +109,7 @@ def load_model(init_from, out_dir='out'):
 
 
 def architecture(cfg, meta, source):
-    """The GPTConfig of the run: cfg's model keys for a new model; else the architecture of the source, with
-    cfg's dropout and, if the command line gave one, a smaller block_size."""
+    """The run's GPTConfig: cfg's for a new model, else the source's with cfg's dropout and a given --block_size."""
     if source.model_args is None:
         return GPTConfig(**dict({k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size_for(cfg['vocab_size'], meta)))
     has = model_args(GPTConfig(**source.model_args), full=True)
@@ -134,15 +118,13 @@ def architecture(cfg, meta, source):
         if key in given and cfg[key] != has[key] and not (cfg[key] is None and key in ('d_ff', 'n_kv_head')):
             raise ValueError(f'{key}={cfg[key]!r} was asked for, but {source.name} has {key}={has[key]!r}: its '
                              f'architecture cannot change; drop --{key} or start with --init_from=scratch')
-    block_size = has['block_size']
-    if 'block_size' in given and cfg['block_size'] != block_size:
-        if cfg['block_size'] > block_size:
-            raise ValueError(f"block_size={cfg['block_size']} is larger than the {block_size} of {source.name}: "
-                             'a context can be cropped, not grown')
-        if 'sharded' in (source.ckpt or {}):
-            raise ValueError(f"block_size={cfg['block_size']} would crop the model of the sharded checkpoint "
-                             f'{source.name}: a sharded checkpoint resumes at its own block_size; drop --block_size')
-        block_size = cfg['block_size']
+    block_size = cfg['block_size'] if 'block_size' in given else has['block_size']
+    if block_size > has['block_size']:
+        raise ValueError(f"block_size={block_size} is larger than the {has['block_size']} of {source.name}: "
+                         'a context can be cropped, not grown')
+    if block_size < has['block_size'] and 'sharded' in (source.ckpt or {}):
+        raise ValueError(f'block_size={block_size} would crop the model of the sharded checkpoint '
+                         f'{source.name}: a sharded checkpoint resumes at its own block_size; drop --block_size')
     if meta and meta['vocab_size'] > has['vocab_size']:
         raise ValueError(f"the dataset's vocabulary ({meta['vocab_size']} tokens) does not fit the vocab_size="
                          f"{has['vocab_size']} of {source.name}: train on data made with the model's tokenizer")
@@ -150,8 +132,7 @@ def architecture(cfg, meta, source):
 
 
 def vocab_size_for(vocab_size, meta):
-    """A new model's vocabulary: as asked, else the dataset's (BPE vocabularies padded as GPT-2's 50257 to 50304,
-    dataset.padded_vocab), else GPT-2's padded 50304."""
+    """A new model's vocabulary: as asked, else the dataset's (BPE ones padded, dataset.padded_vocab), else 50304."""
     if meta is None:
         return vocab_size or 50304
     needed = meta['vocab_size']
@@ -164,8 +145,7 @@ def vocab_size_for(vocab_size, meta):
 
 
 def model_args(config, full=False):
-    """A GPTConfig as the dict a checkpoint stores: nanoGPT's keys, and the others only where they differ
-    from what GPTConfig makes of their absence (full=True: every field)."""
+    """A GPTConfig as a checkpoint stores it: nanoGPT's keys, others only where not implied (full=True: all)."""
     args = {f.name: getattr(config, f.name) for f in fields(GPTConfig)}
     if full:
         return args
@@ -174,13 +154,12 @@ def model_args(config, full=False):
 
 
 def checked_weights(model, source):
-    """The source's full state dict, its position table cropped to the model's block_size (the one crop rule), after
-    checking that it holds exactly the model's tensors: one line listing what is missing, unexpected or misshaped."""
-    weights = source.ckpt['model'] if source.ckpt else source.weights()
+    """The source's full state dict, positions cropped to block_size, checked to hold exactly the model's tensors."""
+    weights = dict(source.ckpt['model'] if source.ckpt else source.weights())
     if 'transformer.wpe.weight' in weights:
-        weights = dict(weights, **{'transformer.wpe.weight': weights['transformer.wpe.weight'][:model.config.block_size]})
-    if model.config.tie_embeddings and 'transformer.wte.weight' in weights:  # lm_head is wte
-        weights = dict(weights, **{'lm_head.weight': weights['transformer.wte.weight']})
+        weights['transformer.wpe.weight'] = weights['transformer.wpe.weight'][:model.config.block_size]
+    if model.config.tie_embeddings and 'transformer.wte.weight' in weights:
+        weights['lm_head.weight'] = weights['transformer.wte.weight']  # lm_head is wte
     expected = {k: v.shape for k, v in model.state_dict().items()}
     problems = {
         'missing': sorted(set(expected) - set(weights)),
@@ -210,9 +189,8 @@ def load_weights(model, source):
 
 
 def find_checkpoint(out_dir):
-    """out_dir's checkpoint: out_dir/ckpt.pt (one file: DDP or one process) or out_dir/ckpt.dcp (a folder of shards:
-    FSDP), None if neither. Both exist only when a save in one format was killed before it removed the older
-    checkpoint of the other: the later iteration wins."""
+    """out_dir/ckpt.pt (DDP or one process) or the shards of FSDP, out_dir/ckpt.dcp, else None. Both exist only when
+    a save was killed before it removed the other format's older checkpoint: the later iteration wins."""
     found = [p for p in (os.path.join(out_dir, CKPT), os.path.join(out_dir, 'ckpt.dcp')) if os.path.exists(p)]
     if len(found) == 2:
         return max(found, key=lambda path: load(path).get('iter_num', 0))
@@ -220,7 +198,6 @@ def find_checkpoint(out_dir):
 
 
 def require_checkpoint(out_dir):
-    """find_checkpoint(out_dir), or a FileNotFoundError that says how to make one."""
     path = find_checkpoint(out_dir)
     if path is None:
         raise FileNotFoundError(f'no checkpoint at {os.path.join(out_dir, CKPT)} (nor the shards of an FSDP run, '
@@ -237,31 +214,22 @@ def save(checkpoint, path):
         raise save_failed(path, e) from None
 
 
-def load(path, map_location='cpu'):
-    """A checkpoint of this project or of nanoGPT, loaded safely (nothing in it can run code) and checked: a
-    ValueError says what is wrong with a file that is damaged or was not written by train.py. `path` is a ckpt.pt
-    or a ckpt.dcp folder, of which only the train state is read (see sharded_checkpoint.load_train_state)."""
+def load(path):
+    """A ckpt.pt (ours or nanoGPT's) or a ckpt.dcp's train state, read without running code and checked."""
     if os.path.isdir(path):
         import sharded_checkpoint
         ckpt = sharded_checkpoint.load_train_state(path)
-    elif not os.path.isfile(path):
-        raise FileNotFoundError(f'no checkpoint at {path}: train one with `python train.py ...` '
-                                f'(it writes out_dir/ckpt.pt), or check --out_dir')
     else:
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         except Exception as e:
             raise ValueError(f'checkpoint {path} is unreadable or corrupt ({one_line(e)}); it may be from an '
                              'interrupted copy: restore it, or start again with --init_from=scratch') from None
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-            raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
-        ckpt['model'] = clean_state_dict(ckpt['model'])
-    check_model_args(ckpt, path)
-    check_fields(ckpt, path)
-    return ckpt
-
-
-def check_model_args(ckpt, path):
+            ckpt = {}  # no weights: refused below, as a file without model_args
+        # names without torch.compile's `_orig_mod.`; no causal-mask buffers (nanoGPT's without flash attention)
+        ckpt['model'] = {k.replace('_orig_mod.', ''): v for k, v in ckpt.get('model', {}).items()
+                         if not k.endswith('.attn.bias')}
     if not isinstance(ckpt.get('model_args'), dict):
         raise ValueError(f'checkpoint {path} has no model and model_args: it was not written by train.py (or nanoGPT)')
     unknown = sorted(set(ckpt['model_args']) - set(MODEL_KEYS))
@@ -272,57 +240,42 @@ def check_model_args(ckpt, path):
         GPTConfig(**ckpt['model_args'])
     except (TypeError, ValueError) as e:
         raise ValueError(f'checkpoint {path} has invalid model_args: {e}') from None
+    check_fields(ckpt, path)
+    return ckpt
 
 
 def check_fields(ckpt, path):
-    """What train.py reads besides the model, checked for presence and type (a ValueError, one line per file);
-    what may be missing is normalized: config None -> {}; optimizer missing -> finetune with a fresh one
-    (load_optimizer says so); RNG states that do not fit this torch -> dropped (restore draws new ones)."""
-    problems = []
+    """What train.py reads besides the model, checked; RNG states become a list, [] if they do not fit this torch."""
     if ckpt.get('config') is None:
         ckpt['config'] = {}  # nanoGPT's checkpoints hold one; a stripped or hand-made one may not
-    elif not isinstance(ckpt['config'], dict):
-        problems.append(f"config is a {type(ckpt['config']).__name__}, not a dict")
-    if 'iter_num' in ckpt and (not isinstance(ckpt['iter_num'], int) or isinstance(ckpt['iter_num'], bool)
-                               or ckpt['iter_num'] < 0):
-        problems.append(f"iter_num={ckpt['iter_num']!r} is not a whole number >= 0")
-    if 'best_val_loss' in ckpt and (not isinstance(ckpt['best_val_loss'], (int, float, torch.Tensor))
-                                    or isinstance(ckpt['best_val_loss'], bool)):
-        problems.append(f"best_val_loss={ckpt['best_val_loss']!r} is not a number")
-    for key in ('optimizer', 'scaler'):
-        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
-            problems.append(f'{key} is a {type(ckpt[key]).__name__}, not a dict')
+    problems = [f'{key} is a {type(ckpt[key]).__name__}, not a dict' for key in ('config', 'optimizer', 'scaler')
+                if ckpt.get(key) is not None and not isinstance(ckpt[key], dict)]
+    iter_num, best_val_loss = ckpt.get('iter_num', 0), ckpt.get('best_val_loss', 0.0)
+    if type(iter_num) is not int or iter_num < 0:
+        problems.append(f'iter_num={iter_num!r} is not a whole number >= 0')
+    if type(best_val_loss) is bool or not isinstance(best_val_loss, (int, float, torch.Tensor)):
+        problems.append(f'best_val_loss={best_val_loss!r} is not a number')
     if problems:
         raise ValueError(f"checkpoint {path} is damaged or foreign: {'; '.join(problems)}; restore it, or start again "
                          'with --init_from=scratch')
-    if 'rng' in ckpt and not usable_rng_states(ckpt['rng']):
-        ckpt['rng'] = []  # another torch or program wrote them: restore() says the run draws new random numbers
+    states = ckpt.get('rng', [])
+    states = [states] if isinstance(states, dict) else states  # one dict: this project's first version
+    ckpt['rng'] = states if usable_rng_states(states) else []  # another torch or program wrote them
 
 
 def usable_rng_states(states):
-    """Whether `states` (one rng_state() dict, or a list of them) fit this torch, numpy and Python."""
-    states = [states] if isinstance(states, dict) else states
-    if not isinstance(states, list):
-        return False
-    torch_size = torch.get_rng_state().shape
+    """Whether `states`, a list of rng_state() dicts, fit this torch, numpy and Python."""
     try:
-        return all(s['torch'].dtype == torch.uint8 and s['torch'].shape == torch_size
-                   and isinstance(s['cuda'], (list, torch.Tensor, type(None))) and s['numpy']['keys'].shape == (624,)
-                   and isinstance(s['numpy']['pos'], int) and len(s['python']['state']) == 625 for s in states)
+        return isinstance(states, list) and all(
+            s['torch'].dtype == torch.uint8 and s['torch'].shape == torch.get_rng_state().shape
+            and isinstance(s['cuda'], (list, torch.Tensor, type(None))) and s['numpy']['keys'].shape == (624,)
+            and isinstance(s['numpy']['pos'], int) and len(s['python']['state']) == 625 for s in states)
     except (KeyError, TypeError, AttributeError):
         return False
 
 
-def clean_state_dict(state_dict):
-    """Undo what torch.compile adds to names (`_orig_mod.`) and drop the causal-mask buffers
-    (`attn.bias`) that nanoGPT saved when flash attention was unavailable."""
-    return {k.replace('_orig_mod.', ''): v for k, v in state_dict.items()
-            if not k.replace('_orig_mod.', '').endswith('.attn.bias')}
-
-
 def load_optimizer(ckpt, model, optimizer):
-    """Put the checkpoint's optimizer state into `optimizer` of `model`, sharded or not, from either format.
-    Returns False, leaving `optimizer` fresh, when the checkpoint has none."""
+    """The checkpoint's optimizer state into `optimizer`, from either format; False (it stays fresh) if it has none."""
     if 'sharded' not in ckpt and not ckpt.get('optimizer'):
         return False  # a checkpoint shared without it: the caller says that the optimizer starts fresh
     if 'sharded' in ckpt or isinstance(model, FSDPModule):  # shards to read, or an FSDP model
@@ -337,38 +290,35 @@ def load_optimizer(ckpt, model, optimizer):
 # random generators: a resumed run draws what the uninterrupted one would have
 
 
-def rng_state():
-    """Every random generator this process draws from, in types torch.load(weights_only=True) accepts: its own
-    GPU's only (another process count or fewer visible GPUs must still resume)."""
+def all_rng_states(world_size):
+    """Every process's random generators, in rank order (a collective), in types torch.load(weights_only=True)
+    accepts: each its own GPU's only (another process count or fewer visible GPUs must still resume)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
-    return {
+    mine = {
         'torch': torch.get_rng_state(),
         'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
                   'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
         'python': {'version': version, 'state': list(state), 'gauss': gauss},
     }
+    if world_size == 1:
+        return [mine]
+    states = [None] * world_size
+    dist.all_gather_object(states, mine)
+    return states
 
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    cuda = state.get('cuda')
+    cuda = state['cuda']
     if isinstance(cuda, list):  # older checkpoints: every visible GPU's; this process's own is at its index
         cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and \
             torch.cuda.current_device() < len(cuda) else None
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda)
     n = state['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    keys = n['keys'].numpy().astype(np.uint32)
+    np.random.set_state((n['kind'], keys, n['pos'], n['has_gauss'], n['cached_gaussian']))
     p = state['python']
     random.setstate((p['version'], tuple(p['state']), p['gauss']))
-
-
-def all_rng_states(world_size):
-    """The rng_state() of every process, in rank order (a collective: every process must call it)."""
-    if world_size == 1:
-        return [rng_state()]
-    states = [None] * world_size
-    dist.all_gather_object(states, rng_state())
-    return states

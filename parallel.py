@@ -8,6 +8,7 @@ How the model is spread over torchrun's processes, chosen by train.py's --parall
         memory per process falls with the number of processes. Each transformer block is one unit, the rest
         (the tied token embedding and lm_head, positions, final norm) the root unit.
 
+    model = parallel.build(config, source, machine)      # checkpoint.init_model's model under --parallel=fsdp
     model = parallel.sharded(GPTConfig(...), machine)   # built on the meta device, memory for its shards only
     parallel.init_shards(model, machine)                # a new model's values, or:
     parallel.load_full(model, state_dict)               # pretrained / a full checkpoint's weights
@@ -19,6 +20,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 
+import checkpoint
+import sharded_checkpoint
 from model import GPT
 
 
@@ -32,6 +35,21 @@ def check(parallel, cpu_offload, machine):
                          'handle sharded gradients): use --dtype=float32, or --parallel=ddp')
     if cpu_offload and parallel != 'fsdp':
         raise ValueError('cpu_offload=True keeps FSDP\'s shards in host memory: it needs --parallel=fsdp')
+
+
+def build(config, source, machine, cpu_offload=False):
+    """checkpoint.init_model's model, sharded: filled shard by shard, never whole on any process but on rank 0 while
+    it reads pretrained weights."""
+    model = sharded(config, machine, cpu_offload)
+    if source.model_args is None:
+        init_shards(model, machine)
+    elif 'sharded' in (source.ckpt or {}):
+        sharded_checkpoint.load_model(source.ckpt, model)  # each process reads its part of the shards
+    else:  # a full state dict: every process reads a ckpt.pt; rank 0 alone reads pretrained weights and sends them
+        from_rank0 = source.ckpt is None
+        weights = checkpoint.checked_weights(model, source) if machine.master or not from_rank0 else {}
+        load_full(model, weights, from_rank0)
+    return model
 
 
 def sharded(config, machine, cpu_offload=False):

@@ -43,21 +43,19 @@ def main(argv=None):
         if cfg.parallel == 'fsdp' or cfg.cpu_offload:
             import parallel
             parallel.check(cfg.parallel, cfg.cpu_offload, machine)
-        # rank 0 holds out_dir for the job: the others cannot write without it (every save waits for it), and
-        # torchrun ends them when it dies
+        # rank 0 holds out_dir for the job: the others write only in the saves, which wait for it
         with run_lock(cfg.out_dir, hold=machine.master and not cfg.eval_only):
             losses = train(cfg, machine)
     except BaseException as e:
         machines.teardown(finished=False)
-        raise out_of_memory(machine) if isinstance(e, torch.OutOfMemoryError) else e
+        if isinstance(e, torch.OutOfMemoryError):
+            raise ValueError(f'out of memory on {machine.device}: the model, its optimizer state and the activations '
+                             'of one micro-step do not fit; lower --batch_size (raising --gradient_accumulation_steps '
+                             'to keep the tokens per step) or --block_size. `python sizing.py` with the same '
+                             'arguments shows the need')
+        raise
     machines.teardown()
     return losses
-
-
-def out_of_memory(machine):
-    return ValueError(f'out of memory on {machine.device}: the model, its optimizer state and the activations of one '
-                      'micro-step do not fit; lower --batch_size (raising --gradient_accumulation_steps to keep the '
-                      'tokens per step) or --block_size. `python sizing.py` with the same arguments shows the need')
 
 
 def train(cfg, machine):
@@ -76,7 +74,7 @@ def train(cfg, machine):
                          'place with --overwrite=True, or choose another --out_dir')
     model, ckpt = checkpoint.init_model(cfg, meta, machine)
     if ckpt is not None:
-        dataset.check_fingerprint(ckpt['config'].get('tokenizer'), meta, data_dir, checkpoint.find_checkpoint(cfg.out_dir),
+        dataset.check_fingerprint(ckpt['config'].get('tokenizer'), meta, data_dir, existing,
                                   'resume with the --data_dir it was trained on, or start over with --overwrite=True')
     model.activation_checkpointing = cfg.activation_checkpointing
     if machine.rank:
@@ -110,13 +108,12 @@ def train(cfg, machine):
 
 
 def load_hellaswag(cfg, meta, machine):
-    """HellaSwag's score of a model, as a function, for the evaluations during training (the master fetches the
-    data, the others then read it)."""
+    """HellaSwag's score of a model, as a function, for the evaluations during training."""
     import hellaswag
     from tokenizer import Tokenizer
     tokenizer = Tokenizer(meta)
     hellaswag.check_tokenizer(tokenizer)
-    with checkpoint.master_first(machine):
+    with checkpoint.master_first(machine):  # the master fetches the data, the others then read it
         examples = hellaswag.load_examples(cfg.hellaswag_data or None)
     return lambda model: hellaswag.evaluate(model, tokenizer, examples, machine)
 
@@ -131,8 +128,7 @@ def restore(ckpt, model, optimizer, scaler, cfg, machine):
         print(f"note: {cfg.out_dir}'s checkpoint has no optimizer state (a shared copy?): the optimizer starts fresh")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
-    states = ckpt.get('rng')
-    states = [states] if isinstance(states, dict) else states or []  # one dict: this project's first version
+    states = ckpt['rng']  # a list (checkpoint.load), empty if they do not fit this torch
     if len(states) == machine.world_size:
         checkpoint.set_rng_state(states[machine.rank])
     else:  # another number of processes: the dropout streams cannot continue as they were

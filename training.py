@@ -1,8 +1,6 @@
 """
 What a training run is, for train.py and bench.py alike: its settings (DEFAULTS, nanoGPT's keys and values:
 GPT-2 124M on OpenWebText), the optimizer, the learning rate schedule, one optimizer step and the evaluation.
-
-    step: train_step(model, optimizer, scaler, batches, iter_num, cfg, machine)   # grad accumulation inside
 """
 
 import math
@@ -27,10 +25,7 @@ DEFAULTS = dict(
     always_save_checkpoint=True,  # save at every eval, not only when val loss improves
     init_from='scratch',  # 'scratch', 'resume' (from out_dir's checkpoint), 'gpt2*' or a Hugging Face GPT-2 folder
     overwrite=False,  # start a new run in an out_dir that holds one: its ckpt.pt and metrics.jsonl are replaced
-    # wandb logging (WANDB_MODE=offline works without an account)
-    wandb_log=False,
-    wandb_project='owt',
-    wandb_run_name='gpt2',
+    wandb_log=False, wandb_project='owt', wandb_run_name='gpt2',  # wandb (WANDB_MODE=offline needs no account)
     # data
     dataset='openwebtext',
     data_dir='',  # '' means data/<dataset>
@@ -47,8 +42,7 @@ DEFAULTS = dict(
     learning_rate=6e-4,  # max learning rate (AdamW's; with optimizer='muon', of the embeddings, lm_head and norms)
     max_iters=600000,  # optimizer steps in all
     weight_decay=1e-1,
-    beta1=0.9,
-    beta2=0.95,
+    beta1=0.9, beta2=0.95,
     grad_clip=1.0,  # clip gradients at this norm, 0 to disable
     muon_lr=0.02,  # Muon's max learning rate; the schedule scales it as it scales learning_rate
     muon_momentum=0.95,
@@ -78,8 +72,7 @@ CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd'), 'pa
 
 
 def setting_problems(cfg, keys=None):
-    """Every setting outside its meaningful range, as a sentence that names the key (all of DEFAULTS' keys that
-    have one, or those of `keys`): train.py raises them, bench.py and sizing.py check the keys they use."""
+    """Every setting (of `keys`, default all) outside its range, as a sentence that names it, for every script."""
     keys = set(DEFAULTS if keys is None else keys)
     at_least = {k: 1 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval')}
     at_least.update({k: 0 for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip',
@@ -103,11 +96,8 @@ def setting_problems(cfg, keys=None):
 
 
 def configure_optimizer(model, cfg, machine):
-    """train.py's optimizer for cfg['optimizer']: 'adamw' (nanoGPT's: weight decay on 2-D tensors only) or
-    'muon': Muon with muon_lr for the 2-D weights inside the blocks (transformer.h.*), AdamW with learning_rate
-    for the rest (embeddings, lm_head, norm gains, biases), weight decay on its 2-D tensors only. Each param
-    group's base lr is its 'lr' here; Schedule.apply scales them all. Parameters are chosen by name and shape,
-    so that a wrapped model (compiled, DDP, FSDP's DTensors) is split the same way."""
+    """nanoGPT's AdamW (weight decay on 2-D tensors only), or Muon for the 2-D weights inside the blocks and AdamW
+    for the rest. Chosen by name and shape, so that a wrapped model (compiled, DDP, FSDP) is split the same way."""
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'adamw':
         return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
@@ -126,9 +116,8 @@ def configure_optimizer(model, cfg, machine):
 
 
 class Schedule:
-    """The learning rate of each step: a linear warmup (never 0, even at step 0), then down to min_lr at
-    lr_decay_iters: 'cosine' decays all the way; 'wsd' (warmup-stable-decay) stays at learning_rate, then
-    decays linearly over the last decay_fraction of the lr_decay_iters steps. decay_lr=False: constant."""
+    """The learning rate of each step: a linear warmup (never 0, even at step 0), then 'cosine' or 'wsd' down to
+    min_lr at lr_decay_iters (see DEFAULTS); decay_lr=False: constant."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -150,8 +139,7 @@ class Schedule:
         return c['min_lr'] + coeff * (c['learning_rate'] - c['min_lr'])
 
     def apply(self, optimizer, it):
-        """Set every param group's lr for step `it` and return the scheduled lr: AdamW's groups take it, Muon's
-        muon_lr scaled by the same factor, lr / learning_rate."""
+        """Set every param group's lr for step `it` (Muon's muon_lr scaled alike) and return the scheduled lr."""
         lr = self.lr(it)
         for group in optimizer.param_groups:
             group['lr'] = self.cfg['muon_lr'] * lr / self.cfg['learning_rate'] if group.get('muon') else lr
@@ -159,19 +147,17 @@ class Schedule:
 
 
 def tokens_per_iter(cfg):
-    """Tokens per optimizer step, summed over all processes."""
     return cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
 
 
 def is_sharded(model):
-    """Whether the model (or the model torch.compile wraps) is an FSDP one (parallel.py)."""
+    """Whether the model, compiled or not, is an FSDP one (parallel.py)."""
     return isinstance(getattr(model, '_orig_mod', model), FSDPModule)
 
 
 def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
-    """One optimizer step: this process's micro-steps of forward and backward (the gradients add up), clip, step,
-    zero_grad. The GradScaler does nothing unless float16. The micro-steps are numbered over all processes, so
-    that the run's batches do not depend on the number of processes. Returns this process's mean loss."""
+    """One optimizer step: this process's micro-steps of forward and backward, clip, step, zero_grad; returns its
+    mean loss. Micro-steps are numbered over all processes: the batches do not depend on the process count."""
     micro_steps = cfg['gradient_accumulation_steps'] // machine.world_size
     loss_sum = torch.zeros((), device=machine.device)
     for micro_step in range(micro_steps):
@@ -190,25 +176,23 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
     if cfg['grad_clip'] != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
-    scaler.step(optimizer)
+    scaler.step(optimizer)  # the GradScaler does nothing unless float16
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
 
 
 def my_share(n, rank, world_size, model):
-    """The numbers k of this process's share of n items (k % world_size == rank). FSDP's processes gather
-    parameters together, so under FSDP each process runs as many forwards: the share is padded with spare
-    numbers k >= n, for which the caller repeats item n - 1 and discards the result."""
+    """The numbers k of this process's share of n items (k % world_size == rank); under FSDP, whose processes
+    gather parameters together, padded to equal shares with k >= n (the caller repeats item n - 1, discarded)."""
     padded = -(-n // world_size) * world_size if is_sharded(model) else n
     return range(rank, padded, world_size)
 
 
 @torch.no_grad()
 def estimate_loss(model, batches, machine, eval_iters):
-    """Mean loss over the same eval_iters batches of each split at every eval, shared between the processes:
-    each computes its share of the batches, and the per-batch losses are summed in one order, so the same
-    model gives the same value, to the last bit, on any number of processes."""
+    """Mean loss over the same eval_iters batches of each split, shared between the processes and summed in one
+    order: the same model gives the same value, to the last bit, on any number of processes."""
     model.eval()
     out = {}
     for split in ('train', 'val'):
