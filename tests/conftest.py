@@ -1,64 +1,60 @@
 """Tests run offline on CPU: the shared offline assets (../shared) stand in for downloads when they exist;
-a test that needs one that is missing (a user's machine has no ../shared) is skipped with the reason."""
+a test that needs one that is missing (a user's machine has no ../shared) is skipped with the reason.
+The fixtures that several test files use are here; the functions they share are in helpers.py."""
 import os
-import pickle
-import random
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+from helpers import OFFLINE, ROOT, make_text, run, write_char_dataset
+
 sys.path.insert(0, ROOT)
-
-if os.path.isdir(os.path.join(SHARED, 'tiktoken_cache')):
-    os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('WANDB_MODE', 'offline')
-
-SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
-WORDS = ('the king my lord shall speak of love and death to her thy heart is not what thou art gone sweet night '
-         'come good sir I will be true, yet here we stand! O fair day; what say you? no more.').split()
+for name, value in OFFLINE.items():
+    os.environ.setdefault(name, value)
 
 
-def shakespeare():
-    """Tiny Shakespeare's path, or a skip: it comes from ../shared (these machines cannot download it)."""
-    if not os.path.isfile(SHAKESPEARE):
-        pytest.skip(f'needs Tiny Shakespeare at {SHAKESPEARE} (the offline copy in ../shared)')
-    return SHAKESPEARE
+@pytest.fixture(scope='module')
+def char_data(tmp_path_factory):
+    """A character-level dataset as prepare.py writes it (read only: tests copy it to change it)."""
+    return write_char_dataset(tmp_path_factory.mktemp('char'))
 
 
-def gpt2_encoding():
-    """tiktoken's GPT-2 encoding, or a skip when it can be neither loaded from a cache nor downloaded."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        pytest.skip(f"needs tiktoken's gpt2 encoding (no cache and no network: {type(e).__name__})")
+@pytest.fixture(scope='module')
+def nanogpt_data(tmp_path_factory):
+    """A character-level dataset in nanoGPT's format (meta.pkl without dtype or token counts), with digits, so
+    that a prompt such as 1984 can be encoded (read only)."""
+    return write_char_dataset(tmp_path_factory.mktemp('nanogpt_char'), make_text(50_000) + '\nIn 1984, and 2024.\n',
+                              nanogpt=True)
 
 
-def make_text(n_chars, seed=0):
-    """Text of about n_chars characters in lines of words, the same for a seed: a stand-in corpus."""
-    rng = random.Random(seed)
-    lines, size = [], 0
-    while size < n_chars:
-        line = ' '.join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize()
-        lines.append(line)
-        size += len(line) + 1
-    return '\n'.join(lines)[:n_chars]
+@pytest.fixture(scope='module')
+def model_files(char_data, tmp_path_factory):
+    """A run folder with ckpt.pt, one with ckpt.dcp (the sharded format) and a Hugging Face folder, of one tiny model
+    trained on nothing, written here in-process (no training: the readers are what is tested)."""
+    import warnings
 
+    import torch
+    import torch.distributed.checkpoint as dcp
 
-def write_char_dataset(path, n_chars=20_000, val_chars=2_000):
-    """A small character-level dataset of make_text as corpus.py writes it (meta.pkl with its token counts)."""
-    import numpy as np
-    text = make_text(n_chars)
-    chars = sorted(set(text))
-    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
-    os.makedirs(path, exist_ok=True)
-    ids[:-val_chars].tofile(os.path.join(path, 'train.bin'))
-    ids[-val_chars:].tofile(os.path.join(path, 'val.bin'))
-    meta = {'vocab_size': len(chars), 'dtype': 'uint16', 'tokenizer': 'char', 'train_tokens': n_chars - val_chars,
-            'val_tokens': val_chars, 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
-    with open(os.path.join(path, 'meta.pkl'), 'wb') as f:
-        pickle.dump(meta, f)
-    return str(path)
+    import checkpoint
+    import dataset
+    from model import GPT, GPTConfig
+    root = tmp_path_factory.mktemp('models')
+    meta = dataset.load_meta(char_data)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, vocab_size=meta['vocab_size'])
+    model = GPT(config)
+    state = {'model_args': checkpoint.model_args(config), 'iter_num': 4, 'best_val_loss': 3.0,
+             'config': {'data_dir': char_data, 'optimizer': 'adamw', 'tokenizer': dataset.fingerprint(meta)},
+             'rng': checkpoint.all_rng_states(1)}
+    checkpoint.save({'model': model.state_dict(), **state}, str(root / 'pt' / 'ckpt.pt'))
+    shards = root / 'dcp' / 'ckpt.dcp'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        dcp.save({'model': model.state_dict(), 'optimizer': {}}, checkpoint_id=str(shards / 'iter_0000004'),
+                 no_dist=True)
+    torch.save(dict(state, optimizer_groups=[]), shards / 'iter_0000004' / 'train_state.pt')
+    (shards / 'latest').write_text('iter_0000004\n')
+    hf_dir = root / 'hf'
+    result = run('export.py', f"--out_dir={root / 'pt'}", f'--to={hf_dir}')
+    assert result.returncode == 0, result.stderr
+    return {'pt': str(root / 'pt'), 'dcp': str(root / 'dcp'), 'hf': str(hf_dir)}

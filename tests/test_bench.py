@@ -1,17 +1,16 @@
 import json
 import os
-import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import bench
+import dataset
 import machine
 import sample
 from configurator import Config
-from conftest import ROOT
+from helpers import ROOT, run
 from model import GPT, GPTConfig
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
@@ -46,12 +45,11 @@ def test_synthetic_json(capsys):
     check_result(result, 4 * 32)
 
 
-def test_real_data(tmp_path, capsys):
+def test_real_data(char_data, capsys):
     """Batches come from the memmapped bins; gradient accumulation multiplies the tokens per step."""
-    np.random.default_rng(0).integers(0, 50, size=2000, dtype=np.uint16).tofile(tmp_path / 'train.bin')
-    np.random.default_rng(1).integers(0, 50, size=500, dtype=np.uint16).tofile(tmp_path / 'val.bin')
-    result = bench.main(TINY + [f'--data_dir={tmp_path}', '--gradient_accumulation_steps=2', '--vocab_size=50'])
-    assert result['data'] == str(tmp_path) and result['config']['synthetic'] is False
+    result = bench.main(TINY + [f'--data_dir={char_data}', '--gradient_accumulation_steps=2'])
+    assert result['data'] == char_data and result['config']['synthetic'] is False
+    assert result['model_args']['vocab_size'] == dataset.load_meta(char_data)['vocab_size']
     check_result(result, 2 * 4 * 32)
     out = capsys.readouterr().out
     assert 'MFU' in out and 'decode' in out
@@ -88,8 +86,7 @@ def test_bad_input(arg, message):
 
 
 def test_cli_error_is_one_line():
-    proc = subprocess.run([sys.executable, 'bench.py', '--steps=0', '--device=cpu'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = run('bench.py', '--steps=0', '--device=cpu')
     assert proc.returncode == 1 and proc.stderr.strip() == 'error: steps=0 must be at least 1'
 
 

@@ -3,14 +3,12 @@ checkpoint to resume, a Hugging Face GPT-2 folder) and however it runs (one proc
 checkpoint.init_model's promise of "open the source, decide the architecture, build once, load once"."""
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import pytest
 import torch
 
-from conftest import ROOT, write_char_dataset
+from helpers import ROOT, run, write_char_dataset
 
 # train.main in a fresh process, with GPT's constructor and the two weight readers counted
 COUNTING_TRAIN = f'''
@@ -39,13 +37,10 @@ def counted_run(tmp_path, data, out_dir, *extra, processes=1):
     counts_dir = tempfile.mkdtemp(dir=tmp_path)
     script = tmp_path / 'counting_train.py'
     script.write_text(COUNTING_TRAIN)
-    launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}'] \
-        if processes > 1 else [sys.executable]
     args = ['--dataset=chars', f'--data_dir={data}', f'--out_dir={out_dir}', '--device=cpu', '--dtype=float32',
             '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2',
             '--gradient_accumulation_steps=2', '--eval_iters=1', '--eval_interval=2', '--warmup_iters=0', *extra]
-    result = subprocess.run([*launch, str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, COUNTS=counts_dir, OMP_NUM_THREADS='1'))
+    result = run(str(script), *args, processes=processes if processes > 1 else None, env={'COUNTS': counts_dir})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     counts = []
     for rank in range(processes):

@@ -3,8 +3,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
-from conftest import ROOT, write_char_dataset
+from helpers import run
 from model import GPT, GPTConfig
 
 # prefill (cache position 0), the first new token (position specialized), the next ones (position dynamic),
@@ -36,23 +34,19 @@ def test_compiled_generation_past_the_context_has_no_graph_break(variant):
     torch._dynamo.reset()
 
 
-def test_sample_compile_runs_compiled_without_recompiles(tmp_path):
+def test_sample_compile_runs_compiled_without_recompiles(char_data, tmp_path):
     """The user's command: inductor compiles on the CPU (it needs a C++ compiler) and logs every graph break and
     recompile (TORCH_LOGS); a symbolic is_causal used to break the graph and recompile the blocks to the limit."""
     compiler = os.environ.get('CXX', 'g++')
     if not shutil.which(compiler):
         pytest.skip(f'inductor needs a C++ compiler on the CPU and {compiler} is not on PATH')
-    data = write_char_dataset(tmp_path / 'data')
     out = tmp_path / 'out'
-    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=300)
-    train = subprocess.run([sys.executable, 'train.py', f'--data_dir={data}', f'--out_dir={out}', '--device=cpu',
-                            '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16',
-                            '--batch_size=4', '--max_iters=2', '--eval_iters=1', '--eval_interval=2',
-                            '--warmup_iters=1', '--lr_decay_iters=2'], **run)
+    train = run('train.py', f'--data_dir={char_data}', f'--out_dir={out}', '--device=cpu', '--compile=False',
+                '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--max_iters=2',
+                '--eval_iters=1', '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2')
     assert train.returncode == 0, train.stderr[-2000:]
-    sample = subprocess.run([sys.executable, 'sample.py', f'--out_dir={out}', '--device=cpu', '--compile=True',
-                             '--num_samples=2', '--max_new_tokens=40', '--start=the king'],
-                            env={**os.environ, 'TORCH_LOGS': 'graph_breaks,recompiles'}, **run)
+    sample = run('sample.py', f'--out_dir={out}', '--device=cpu', '--compile=True', '--num_samples=2',
+                 '--max_new_tokens=40', '--start=the king', env={'TORCH_LOGS': 'graph_breaks,recompiles'})
     assert sample.returncode == 0, sample.stderr[-2000:]
     log = sample.stderr
     assert 'Graph break' not in log and 'limit' not in log, log[-3000:]

@@ -1,16 +1,13 @@
 """The README's two CPU configs, run as a learner runs them: train.py in a fresh process on Tiny Shakespeare
 (prepared from input.txt by train.py itself), a few iterations each, and the checkpoint holds the model the
 README promises: the modern variant for the quick start, nanoGPT's exact GPT-2 model for the other."""
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, shakespeare
+from helpers import read_metrics, run, shakespeare
 
 NANOGPT_MODEL_ARGS = {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
 
@@ -29,12 +26,10 @@ def data_dir(tmp_path_factory):
 ])
 def test_cpu_config_trains(data_dir, tmp_path, config, model, optimizer):
     out_dir = tmp_path / 'out'
-    run = subprocess.run([sys.executable, 'train.py', os.path.join('config', config), f'--data_dir={data_dir}',
-                          f'--out_dir={out_dir}', '--max_iters=30', '--eval_interval=30', '--eval_iters=5'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    with open(out_dir / 'metrics.jsonl') as f:
-        evals = [r for r in map(json.loads, f) if 'val_loss' in r]
+    result = run('train.py', os.path.join('config', config), f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+                 '--max_iters=30', '--eval_interval=30', '--eval_iters=5')
+    assert result.returncode == 0, result.stderr
+    evals = [r for r in read_metrics(out_dir) if 'val_loss' in r]
     assert [r['iter'] for r in evals] == [0, 30] and evals[1]['val_loss'] < evals[0]['val_loss'] - 0.5
     ckpt = torch.load(out_dir / 'ckpt.pt', map_location='cpu', weights_only=True)  # as nanoGPT reads it
     assert ckpt['config']['optimizer'] == optimizer and ckpt['model_args']['vocab_size'] == 65

@@ -3,16 +3,14 @@ GPU. machine.py's CUDA decisions are simulated in test_machine.py."""
 import torch
 
 import dataset
-from conftest import write_char_dataset
 
 
-def test_batches_pin_one_contiguous_block_before_copying_to_the_gpu(tmp_path, monkeypatch):
+def test_batches_pin_one_contiguous_block_before_copying_to_the_gpu(char_data, monkeypatch):
     """Defect 6 of issue 21: x and y were non-contiguous slices of one (B, T + 1) array; pinning them made the
     copy to the GPU go through an unpinned temporary, so non_blocking did nothing. Every tensor pinned must be
     contiguous, and the batch is the CPU path's, token for token."""
-    data = write_char_dataset(tmp_path / 'data')
-    meta = dataset.load_meta(data)
-    cpu = dataset.Batches(data, meta, 16, 4, 'cpu', 1337, meta['vocab_size'])
+    meta = dataset.load_meta(char_data)
+    cpu = dataset.Batches(char_data, meta, 16, 4, 'cpu', 1337, meta['vocab_size'])
     expected = cpu.train_batch(3, 1)
     pinned, copies = [], []
     real_to = torch.Tensor.to
@@ -29,7 +27,7 @@ def test_batches_pin_one_contiguous_block_before_copying_to_the_gpu(tmp_path, mo
 
     monkeypatch.setattr(torch.Tensor, 'pin_memory', pin_memory)
     monkeypatch.setattr(torch.Tensor, 'to', to)
-    x, y = dataset.Batches(data, meta, 16, 4, 'cuda:0', 1337, meta['vocab_size']).train_batch(3, 1)
+    x, y = dataset.Batches(char_data, meta, 16, 4, 'cuda:0', 1337, meta['vocab_size']).train_batch(3, 1)
     assert pinned and all(pinned), 'a non-contiguous tensor was pinned'
     assert copies == [(True, True)]  # one copy of the pinned block, asynchronous
     assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])

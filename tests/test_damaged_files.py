@@ -11,31 +11,22 @@ import os
 
 import torch
 
-from conftest import write_char_dataset
-from test_user_paths import RUN, TINY, assert_one_line_error, run, run_all
-import test_security
+from helpers import (RUN, TINY, assert_one_line_error, copy_checkpoint, copy_folder, read_metrics, readers_of_hf, run,
+                     run_all)
 
 
-def edited(trained, dst, edit):
-    os.makedirs(dst)
-    ckpt = torch.load(os.path.join(trained, 'ckpt.pt'), weights_only=True)
-    edit(ckpt)
-    torch.save(ckpt, os.path.join(dst, 'ckpt.pt'))
-    return str(dst)
-
-
-def test_damaged_checkpoints(tmp_path):
-    data = write_char_dataset(tmp_path / 'data')
+def test_damaged_checkpoints(char_data, tmp_path):
     trained = tmp_path / 'trained'
-    result = run('train.py', f'--data_dir={data}', f'--out_dir={trained}', *TINY)
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={trained}', *TINY)
     assert result.returncode == 0, result.stderr
-    shared = edited(trained, tmp_path / 'shared', lambda c: c.pop('optimizer'))
-    no_config = edited(trained, tmp_path / 'no_config', lambda c: c.update(config=None))
-    rng = edited(trained, tmp_path / 'rng', lambda c: c['rng'][0].update(torch=torch.zeros(7, dtype=torch.uint8)))
-    iter_str = edited(trained, tmp_path / 'iter_str', lambda c: c.update(iter_num='10'))
-    resume = ['train.py', '--init_from=resume', f'--data_dir={data}', *RUN, '--max_iters=8']
+    shared = copy_checkpoint(trained, tmp_path / 'shared', lambda c: c.pop('optimizer'))
+    no_config = copy_checkpoint(trained, tmp_path / 'no_config', lambda c: c.update(config=None))
+    rng = copy_checkpoint(trained, tmp_path / 'rng',
+                          lambda c: c['rng'][0].update(torch=torch.zeros(7, dtype=torch.uint8)))
+    iter_str = copy_checkpoint(trained, tmp_path / 'iter_str', lambda c: c.update(iter_num='10'))
+    resume = ['train.py', '--init_from=resume', f'--data_dir={char_data}', *RUN, '--max_iters=8']
     results = run_all(*[(*resume, f'--out_dir={d}') for d in (shared, no_config, rng, iter_str)],
-                      ('sample.py', f'--out_dir={no_config}', f'--data_dir={data}', '--device=cpu',
+                      ('sample.py', f'--out_dir={no_config}', f'--data_dir={char_data}', '--device=cpu',
                        '--max_new_tokens=4'))
     for result in results[:3] + results[4:]:
         assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
@@ -44,41 +35,38 @@ def test_damaged_checkpoints(tmp_path):
     assert_one_line_error(results[3], f'{iter_str}/ckpt.pt is damaged or foreign', "iter_num='10'")
 
 
-def test_foreign_metrics_lines_are_skipped(tmp_path):
+def test_foreign_metrics_lines_are_skipped(char_data, tmp_path):
     """A note, a string iter and NaN (written by an older version) in metrics.jsonl: resume and plot.py go on,
     skipping the foreign lines with a count; the NaN reads as null and is written back as strict JSON."""
-    data = write_char_dataset(tmp_path / 'data')
     out = tmp_path / 'out'
-    result = run('train.py', f'--data_dir={data}', f'--out_dir={out}', *TINY)
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *TINY)
     assert result.returncode == 0, result.stderr
     with open(out / 'metrics.jsonl', 'a') as f:
         f.write('my note: lr looked too high\n{"iter": "2", "loss": 1.0}\n{"iter": 3, "loss": NaN}\n')
     plot, resume = run_all(('plot.py', str(out), f'--out={tmp_path}/runs.png'),
-                           ('train.py', f'--data_dir={data}', f'--out_dir={out}', '--init_from=resume', *RUN,
+                           ('train.py', f'--data_dir={char_data}', f'--out_dir={out}', '--init_from=resume', *RUN,
                             '--max_iters=8'))
     for result in (plot, resume):
         assert result.returncode == 0, result.stderr
         assert f'note: {out}/metrics.jsonl: skipped 2 lines that are not records of train.py' in result.stderr
-    lines = (out / 'metrics.jsonl').read_text().splitlines()
-    assert all(json.loads(line, parse_constant=lambda c: 1 / 0) for line in lines)  # strict JSON: no NaN left
-    assert not any('my note' in line for line in lines)
+    read_metrics(out)  # strict JSON: no NaN left
+    assert 'my note' not in (out / 'metrics.jsonl').read_text()
 
 
-def test_damaged_hf_folders(tmp_path, tmp_path_factory):
-    data = write_char_dataset(tmp_path / 'data')
-    hf = test_security.copy(test_security.model_files.__wrapped__(data, tmp_path_factory)['hf'], tmp_path / 'hf')
-    as_list = test_security.copy(hf, tmp_path / 'as_list')
+def test_damaged_hf_folders(model_files, char_data, tmp_path):
+    hf = model_files['hf']
+    as_list = copy_folder(hf, tmp_path / 'as_list')
     (tmp_path / 'as_list' / 'config.json').write_text('[1, 2]')
-    no_map = test_security.copy(hf, tmp_path / 'no_map')
+    no_map = copy_folder(hf, tmp_path / 'no_map')
     (tmp_path / 'no_map' / 'model.safetensors.index.json').write_text('{"metadata": {}}')
-    llama = test_security.copy(hf, tmp_path / 'llama')
+    llama = copy_folder(hf, tmp_path / 'llama')
     (tmp_path / 'llama' / 'config.json').write_text(json.dumps({'model_type': 'llama', 'hidden_size': 16}))
     cases = [
         (as_list, ['config.json holds a list', 'save the folder again'], (0, 2)),
         (no_map, ['model.safetensors.index.json has no weight_map', 'save the folder again'], (0,)),
         (llama, ["describes a 'llama' model", 'Hugging Face GPT-2 folders only', '--out_dir'], (0, 4)),
     ]
-    commands = [(test_security.readers_of_hf(d, data, tmp_path)[i], words) for d, words, which in cases
+    commands = [(readers_of_hf(d, char_data, tmp_path)[i], words) for d, words, which in cases
                 for i in which]
     for (_, words), result in zip(commands, run_all(*[c for c, _ in commands])):
         assert_one_line_error(result, *words)

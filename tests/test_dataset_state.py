@@ -3,16 +3,13 @@ killing the preparation between its renames leaves a folder that train.py refuse
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, make_text
+from helpers import ROOT, assert_one_line_error, make_text, run
 
 DIES_AFTER_RENAMING = '''
 import os, runpy, signal, sys
-sys.path.insert(0, {root!r})
 real_replace = os.replace
 def replace_then_die(src, dst):
     real_replace(src, dst)
@@ -25,16 +22,14 @@ runpy.run_path(os.path.join({root!r}, 'prepare.py'), run_name='__main__')
 
 
 def prepare(corpus, out_dir):
-    result = subprocess.run([sys.executable, 'prepare.py', corpus, f'--out_dir={out_dir}', '--tokenizer=char',
-                             '--num_proc=1'], cwd=ROOT, capture_output=True, text=True)
+    result = run('prepare.py', corpus, f'--out_dir={out_dir}', '--tokenizer=char', '--num_proc=1')
     assert result.returncode == 0, result.stderr
 
 
 def train(data_dir, out_dir):
-    return subprocess.run([sys.executable, 'train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}',
-                           '--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
-                           '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=2', '--max_iters=2'],
-                          cwd=ROOT, capture_output=True, text=True)
+    return run('train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}', '--device=cpu', '--n_layer=1',
+               '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=2', '--gradient_accumulation_steps=1',
+               '--eval_iters=2', '--max_iters=2')
 
 
 @pytest.mark.parametrize('killed_after', ['meta.pkl', 'val.bin'])
@@ -45,10 +40,10 @@ def test_a_preparation_killed_between_its_renames_is_never_read(tmp_path, killed
     data = tmp_path / 'data'
     prepare(str(old), data)
     script = DIES_AFTER_RENAMING.format(root=ROOT, name=killed_after, corpus=str(new), out_dir=str(data))
-    assert subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True).returncode == -signal.SIGKILL
+    assert run('-c', script).returncode == -signal.SIGKILL
     assert not (data / 'train.bin').exists()  # the old set's train.bin went first
     result = train(data, tmp_path / 'out')
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert_one_line_error(result)
     assert result.stderr.startswith(f'error: no training data at {data}/train.bin')
     prepare(str(new), data)  # the same command again completes the new set
     assert train(data, tmp_path / 'out').returncode == 0
@@ -62,7 +57,5 @@ def test_bins_of_another_preparation_are_refused(tmp_path):
     prepare(str(tmp_path / 'b.txt'), tmp_path / 'b')
     shutil.copy(tmp_path / 'b' / 'train.bin', tmp_path / 'a' / 'train.bin')
     result = train(tmp_path / 'a', tmp_path / 'out')
-    assert result.returncode == 1 and result.stderr.count('\n') == 1
-    assert 'train.bin holds 27,000 tokens but meta.pkl says 18,000' in result.stderr
-    assert 'mixes two preparations' in result.stderr
+    assert_one_line_error(result, 'train.bin holds 27,000 tokens but meta.pkl says 18,000', 'mixes two preparations')
     assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')

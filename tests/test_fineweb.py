@@ -1,17 +1,14 @@
 """data/fineweb_edu/prepare.py from the command line, offline, on small parquet files in FineWeb-Edu's layout."""
 import os
-import pickle
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import corpus
-from conftest import ROOT, gpt2_encoding
+from helpers import assert_one_line_error, files_under, gpt2_encoding, read_bins, run
 
-SCRIPT = os.path.join(ROOT, 'data', 'fineweb_edu', 'prepare.py')
+SCRIPT = 'data/fineweb_edu/prepare.py'
 OUTPUTS = ['meta.pkl', 'train.bin', 'val.bin']
 
 
@@ -38,9 +35,8 @@ def write_fineweb(folder, n_files=3, docs_per_file=30):
     return documents
 
 
-def prepare(*args, **kwargs):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          **kwargs)
+def prepare(*args, **options):
+    return run(SCRIPT, *args, **options)
 
 
 def prepare_part_per_file(*args, kill_at_file=0):
@@ -48,7 +44,6 @@ def prepare_part_per_file(*args, kill_at_file=0):
     with kill_at_file=N, killed by SIGKILL as it starts reading the N-th file."""
     code = f'''
 import os, runpy, signal, sys
-sys.path.insert(0, {ROOT!r})
 import corpus
 corpus.PART_BYTES = 1
 read_documents, started = corpus.read_documents, []
@@ -60,14 +55,7 @@ def read_or_die(path, text_field):
 corpus.read_documents = read_or_die
 runpy.run_path({SCRIPT!r}, run_name='__main__')
 '''
-    return subprocess.run([sys.executable, '-c', code, *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
-def read_bins(out_dir):
-    """(meta, train ids, val ids)."""
-    with open(os.path.join(out_dir, 'meta.pkl'), 'rb') as f:
-        meta = pickle.load(f)
-    return meta, *(np.fromfile(os.path.join(out_dir, name), dtype=meta['dtype']) for name in ('train.bin', 'val.bin'))
+    return run('-c', code, *args)
 
 
 def stream(enc, documents):
@@ -75,17 +63,13 @@ def stream(enc, documents):
     return np.array([t for d in documents for t in enc.encode_ordinary(d) + [enc.eot_token]], np.int64)
 
 
-def files_in(out_dir):
-    return sorted(os.path.relpath(os.path.join(d, f), out_dir) for d, _, fs in os.walk(out_dir) for f in fs)
-
-
 def test_bins_are_the_documents_each_ended_by_endoftext_split_by_document(tmp_path):
     enc = gpt2_encoding()
     documents = write_fineweb(tmp_path / 'sample')
-    run = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={tmp_path / "out"}', '--val_fraction=0.2',
-                  '--num_proc=2')
-    assert run.returncode == 0, run.stderr
-    assert files_in(tmp_path / 'out') == OUTPUTS  # the resumable pieces are gone
+    result = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={tmp_path / "out"}', '--val_fraction=0.2',
+                     '--num_proc=2')
+    assert result.returncode == 0, result.stderr
+    assert files_under(tmp_path / 'out') == OUTPUTS  # the resumable pieces are gone
     meta, train, val = read_bins(tmp_path / 'out')
     assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': 'gpt2', 'train_tokens': len(train),
                     'val_tokens': len(val)}
@@ -102,9 +86,9 @@ def test_bins_are_the_documents_each_ended_by_endoftext_split_by_document(tmp_pa
 def test_shards_take_the_first_files(tmp_path):
     enc = gpt2_encoding()
     documents = write_fineweb(tmp_path / 'sample', n_files=3, docs_per_file=20)
-    run = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={tmp_path / "out"}', '--val_fraction=0.2',
-                  '--shards=2')
-    assert run.returncode == 0, run.stderr
+    result = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={tmp_path / "out"}', '--val_fraction=0.2',
+                     '--shards=2')
+    assert result.returncode == 0, result.stderr
     _, train, val = read_bins(tmp_path / 'out')
     prepared = enc.decode(np.concatenate([train, val]).tolist()).split('<|endoftext|>')[:-1]
     assert sorted(prepared) == sorted(documents[:40])  # the first two files' documents
@@ -127,9 +111,9 @@ def test_max_tokens_is_the_first_n_tokens_of_the_stream_cut_exactly(tmp_path):
         expected[document in in_val].extend(tokens)
     for num_proc in (2, 1):  # the same slice from any number of processes
         out_dir = tmp_path / f'slice{num_proc}'
-        run = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={out_dir}', '--val_fraction=0.2',
-                      f'--max_tokens={max_tokens}', f'--num_proc={num_proc}')
-        assert run.returncode == 0, run.stderr
+        result = prepare(f'--input={tmp_path / "sample"}', f'--out_dir={out_dir}', '--val_fraction=0.2',
+                         f'--max_tokens={max_tokens}', f'--num_proc={num_proc}')
+        assert result.returncode == 0, result.stderr
         meta, train, val = read_bins(out_dir)
         assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
         assert len(train) + len(val) == max_tokens
@@ -149,13 +133,13 @@ def test_a_killed_preparation_resumes_where_it_stopped(tmp_path):
     killed = prepare_part_per_file(*args, f'--out_dir={out_dir}', kill_at_file=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     # the two finished parts are kept, and no final file exists
-    assert [f for f in files_in(out_dir) if not f.endswith('.tmp')] == [
+    assert [f for f in files_under(out_dir) if not f.endswith('.tmp')] == [
         '.prepare/00000.train.bin', '.prepare/00000.val.bin', '.prepare/00001.train.bin', '.prepare/00001.val.bin',
         '.prepare/plan.json']
     resumed = prepare_part_per_file(*args, f'--out_dir={out_dir}')
     assert resumed.returncode == 0, resumed.stderr
     assert 'resuming: 2 of 3 parts are already tokenized' in resumed.stdout
-    assert files_in(out_dir) == OUTPUTS
+    assert files_under(out_dir) == OUTPUTS
     for name in OUTPUTS:
         assert (out_dir / name).read_bytes() == (tmp_path / 'whole' / name).read_bytes()
 
@@ -171,12 +155,9 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, case):
     if case == 'negative shards':
         write_fineweb(folder, n_files=1)
     shards = ['--shards=-1'] if case == 'negative shards' else []
-    run = prepare(f'--input={folder}', f'--out_dir={tmp_path / "out"}', *shards)
-    assert run.returncode == 1 and 'Traceback' not in run.stderr
-    lines = run.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), run.stderr
-    assert ('--shards=-1' if case == 'negative shards' else str(folder)) in lines[0]
-    assert files_in(tmp_path / 'out') == []
+    result = prepare(f'--input={folder}', f'--out_dir={tmp_path / "out"}', *shards)
+    assert_one_line_error(result, '--shards=-1' if case == 'negative shards' else str(folder))
+    assert files_under(tmp_path / 'out') == []
 
 
 def test_download_takes_the_first_files_of_the_sample_in_order(monkeypatch):
@@ -195,10 +176,7 @@ def test_download_takes_the_first_files_of_the_sample_in_order(monkeypatch):
 
 
 def test_without_network_it_says_how_to_get_the_files(tmp_path):
-    run = prepare(f'--out_dir={tmp_path / "out"}',
-                  env=dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hf')))
-    assert run.returncode == 1 and 'Traceback' not in run.stderr
-    lines = run.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: could not download HuggingFaceFW/fineweb-edu'), run.stderr
-    assert 'download its sample/10BT/*.parquet files into a folder' in lines[0] and '--input=FOLDER' in lines[0]
+    result = prepare(f'--out_dir={tmp_path / "out"}', env={'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'hf')})
+    assert_one_line_error(result, 'download its sample/10BT/*.parquet files into a folder', '--input=FOLDER')
+    assert result.stderr.startswith('error: could not download HuggingFaceFW/fineweb-edu')
     assert not os.path.exists(tmp_path / 'out')

@@ -1,31 +1,17 @@
 """FSDP2 (--parallel=fsdp) on the CPU with gloo, run as users run it: torchrun subprocesses with real files.
 A sharded run trains the same as one process, its checkpoints (ckpt.dcp) resume on any number of processes and
 with either parallelism, a killed save never costs the previous checkpoint, and every script reads them."""
-import json
 import os
-import pickle
 import random
+import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT, write_char_dataset
-
 import checkpoint
-import sizing
-
-TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone']
-ENV = dict(os.environ, OMP_NUM_THREADS='1')  # the same thread count everywhere: bitwise comparisons
-
-
-@pytest.fixture
-def data(tmp_path):
-    write_char_dataset(tmp_path / 'data')
-    return str(tmp_path / 'data')
+from helpers import assert_one_line_error, read_metrics, run, start
 
 
 def run_args(data, out_dir, *extra):
@@ -35,19 +21,16 @@ def run_args(data, out_dir, *extra):
             '--eval_iters=3', '--log_interval=1', '--warmup_iters=0', '--learning_rate=1e-2', '--dropout=0.0', *extra]
 
 
-def train(data, out_dir, *extra, processes=0):
-    """train.py under torchrun with `processes` processes, or as one plain process (0); returns its stdout."""
-    launch = [*TORCHRUN, f'--nproc_per_node={processes}'] if processes else [sys.executable]
-    result = subprocess.run([*launch, 'train.py', *run_args(data, out_dir, *extra)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env=ENV)
+def train(data, out_dir, *extra, processes=None):
+    """train.py under torchrun with `processes` processes, or as one plain process (None); returns its stdout."""
+    result = run('train.py', *run_args(data, out_dir, *extra), processes=processes)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
 
 
 def losses(out_dir, key='loss'):
     """{iteration: value} of metrics.jsonl: the training losses, or (key='val_loss') the evaluations."""
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return {r['iter']: r[key] for r in map(json.loads, f) if key in r}
+    return {r['iter']: r[key] for r in read_metrics(out_dir) if key in r}
 
 
 def assert_close(ours, reference, rel=1e-5):
@@ -57,12 +40,12 @@ def assert_close(ours, reference, rel=1e-5):
 
 
 @pytest.mark.parametrize('extra', [[], ['--activation_checkpointing=True'], ['--optimizer=muon']])
-def test_two_fsdp_processes_train_as_one_process(data, tmp_path, extra):
+def test_two_fsdp_processes_train_as_one_process(char_data, tmp_path, extra):
     """The same global batch on 2 sharded processes or 1 plain one: the same initial weights (each process draws
     its shards' part of the same values), the same losses within fp32 rounding; activation checkpointing
     changes nothing either, and Muon orthogonalizes the whole matrices of sharded parameters."""
-    train(data, tmp_path / 'one', *extra)
-    out = train(data, tmp_path / 'fsdp', '--parallel=fsdp', *extra, processes=2)
+    train(char_data, tmp_path / 'one', *extra)
+    out = train(char_data, tmp_path / 'fsdp', '--parallel=fsdp', *extra, processes=2)
     assert out.count('world size 2 (fsdp)') == 1  # one process prints
     assert losses(tmp_path / 'fsdp', 'val_loss')[0] == losses(tmp_path / 'one', 'val_loss')[0]
     assert_close(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'))
@@ -70,32 +53,32 @@ def test_two_fsdp_processes_train_as_one_process(data, tmp_path, extra):
     assert sorted(os.listdir(tmp_path / 'fsdp' / 'ckpt.dcp')) == ['iter_0000006', 'latest']
 
 
-def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parallelism(data, tmp_path):
+def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parallelism(char_data, tmp_path):
     """FSDP on 2 processes, resumed by FSDP on 2 (bitwise the uninterrupted run), and along a chain FSDP 2 -> FSDP
     4 -> DDP on 1 (torchrun) -> a plain process, each leg continuing the same losses within fp32 rounding."""
-    train(data, tmp_path / 'whole', '--parallel=fsdp', '--max_iters=8', processes=2)
+    train(char_data, tmp_path / 'whole', '--parallel=fsdp', '--max_iters=8', processes=2)
     whole = losses(tmp_path / 'whole')
 
     out_dir = tmp_path / 'run'
-    train(data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
+    train(char_data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
     snapshot = tmp_path / 'at3'
-    subprocess.run(['cp', '-r', str(out_dir), str(snapshot)], check=True)
-    train(data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=8', processes=2)
+    shutil.copytree(out_dir, snapshot)
+    train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=8', processes=2)
     assert losses(out_dir) == whole  # same processes: bitwise
 
-    for max_iters, extra, processes in [(5, ['--parallel=fsdp'], 4), (6, [], 1), (8, [], 0)]:
-        out = train(data, snapshot, '--init_from=resume', f'--max_iters={max_iters}', *extra, processes=processes)
+    for max_iters, extra, processes in [(5, ['--parallel=fsdp'], 4), (6, [], 1), (8, [], None)]:
+        out = train(char_data, snapshot, '--init_from=resume', f'--max_iters={max_iters}', *extra, processes=processes)
         assert 'saved checkpoint' in out
     assert_close(losses(snapshot), whole)
     assert sorted(os.listdir(snapshot)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']  # ckpt.dcp was superseded
 
     # and back: a plain process's ckpt.pt resumed sharded
-    train(data, snapshot, '--init_from=resume', '--max_iters=9', '--parallel=fsdp', processes=2)
+    train(char_data, snapshot, '--init_from=resume', '--max_iters=9', '--parallel=fsdp', processes=2)
     assert sorted(os.listdir(snapshot)) == ['ckpt.dcp', 'loss.png', 'metrics.jsonl']
     assert checkpoint.load(checkpoint.require_checkpoint(str(snapshot)))['iter_num'] == 9
 
 
-def test_pretrained_weights_load_into_shards(data, tmp_path):
+def test_pretrained_weights_load_into_shards(char_data, tmp_path):
     """init_from a Hugging Face GPT-2 folder, cropped to a smaller block_size: rank 0 reads it and sends each
     process its shards; the run is the one a plain process makes from the same folder."""
     from hf import export_hf
@@ -104,37 +87,36 @@ def test_pretrained_weights_load_into_shards(data, tmp_path):
     export_hf(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True)),
               str(tmp_path / 'hf'))
     extra = [f'--init_from={tmp_path / "hf"}', '--max_iters=3', '--learning_rate=1e-3']
-    train(data, tmp_path / 'one', *extra)
-    train(data, tmp_path / 'fsdp', *extra, '--parallel=fsdp', processes=2)
+    train(char_data, tmp_path / 'one', *extra)
+    train(char_data, tmp_path / 'fsdp', *extra, '--parallel=fsdp', processes=2)
     assert losses(tmp_path / 'fsdp', 'val_loss')[0] == losses(tmp_path / 'one', 'val_loss')[0]
     assert_close(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'))
 
 
-def test_muon_state_goes_from_shards_to_one_process_and_back(data, tmp_path):
+def test_muon_state_goes_from_shards_to_one_process_and_back(char_data, tmp_path):
     """Muon's momentum and AdamW's moments, saved as shards and resumed by a plain process, and saved whole and
     resumed sharded: the losses of an uninterrupted run within fp32 rounding."""
     muon = ['--optimizer=muon', '--muon_lr=0.02']
-    train(data, tmp_path / 'whole', *muon)
-    train(data, tmp_path / 'a', *muon, '--parallel=fsdp', '--max_iters=3', processes=2)
-    train(data, tmp_path / 'a', *muon, '--init_from=resume')
+    train(char_data, tmp_path / 'whole', *muon)
+    train(char_data, tmp_path / 'a', *muon, '--parallel=fsdp', '--max_iters=3', processes=2)
+    train(char_data, tmp_path / 'a', *muon, '--init_from=resume')
     assert_close(losses(tmp_path / 'a'), losses(tmp_path / 'whole'))
-    train(data, tmp_path / 'b', *muon, '--max_iters=3')
-    train(data, tmp_path / 'b', *muon, '--parallel=fsdp', '--init_from=resume', processes=2)
+    train(char_data, tmp_path / 'b', *muon, '--max_iters=3')
+    train(char_data, tmp_path / 'b', *muon, '--parallel=fsdp', '--init_from=resume', processes=2)
     assert_close(losses(tmp_path / 'b'), losses(tmp_path / 'whole'))
 
 
 @pytest.mark.slow
-def test_killed_sharded_saves_never_cost_the_previous_checkpoint(data, tmp_path):
+def test_killed_sharded_saves_never_cost_the_previous_checkpoint(char_data, tmp_path):
     """A 2-process FSDP run saving at every iteration, killed (SIGKILL to torchrun and its workers) at random
     moments, saves included: each time out_dir holds a complete checkpoint that loads, and resuming goes on."""
     out_dir = tmp_path / 'run'
-    train(data, out_dir, '--parallel=fsdp', '--max_iters=1', '--eval_interval=1', processes=2)
+    train(char_data, out_dir, '--parallel=fsdp', '--max_iters=1', '--eval_interval=1', processes=2)
     rng = random.Random(0)
     for _ in range(4):
-        cmd = [*TORCHRUN, '--nproc_per_node=2', 'train.py',
-               *run_args(data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=100000',
-                         '--eval_interval=1', '--lr_decay_iters=100000')]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        proc = start('train.py', *run_args(char_data, out_dir, '--parallel=fsdp', '--init_from=resume',
+                                           '--max_iters=100000', '--eval_interval=1', '--lr_decay_iters=100000'),
+                     processes=2, capture=False)
         before = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
         time.sleep(rng.uniform(6, 12))  # past the start-up (~4 s), into the saves of every iteration
         kill_tree(proc.pid)
@@ -144,8 +126,8 @@ def test_killed_sharded_saves_never_cost_the_previous_checkpoint(data, tmp_path)
         model = checkpoint.load_model('resume', str(out_dir))[0]  # every shard of the named checkpoint is there
         assert all(torch.isfinite(p).all() for p in model.parameters())
     iter_num = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
-    train(data, out_dir, '--parallel=fsdp', '--init_from=resume', f'--max_iters={iter_num + 1}', '--eval_interval=1',
-          processes=2)
+    train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', f'--max_iters={iter_num + 1}',
+          '--eval_interval=1', processes=2)
     assert sorted(os.listdir(out_dir / 'ckpt.dcp')) == [f'iter_{iter_num + 1:07d}', 'latest']  # no leftovers
 
 
@@ -175,62 +157,41 @@ def kill_tree(pid):
             pass
 
 
-def test_a_save_cut_short_is_ignored_and_replaced(data, tmp_path):
+def test_a_save_cut_short_is_ignored_and_replaced(char_data, tmp_path):
     """What a kill leaves behind: the shards of a newer iteration without `latest` pointing at them, and (a run
     that changed parallelism) a complete ckpt.pt beside ckpt.dcp. The later complete checkpoint wins."""
     out_dir = tmp_path / 'run'
-    train(data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
+    train(char_data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
     partial = out_dir / 'ckpt.dcp' / 'iter_0000006'
     os.makedirs(partial)
     (partial / '__0_0.distcp').write_bytes(b'half a shard')
     assert checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num'] == 3
-    train(data, out_dir, '--parallel=fsdp', '--init_from=resume', processes=2)
+    train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', processes=2)
     assert checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num'] == 6
     assert sorted(os.listdir(out_dir / 'ckpt.dcp')) == ['iter_0000006', 'latest']
 
     older = tmp_path / 'older'
-    train(data, older, '--max_iters=3')
+    train(char_data, older, '--max_iters=3')
     os.replace(older / 'ckpt.pt', out_dir / 'ckpt.pt')  # iteration 3, beside the shards of iteration 6
     assert checkpoint.require_checkpoint(str(out_dir)) == str(out_dir / 'ckpt.dcp')
 
 
-def test_sample_and_export_read_a_sharded_checkpoint(data, tmp_path):
+def test_sample_and_export_read_a_sharded_checkpoint(char_data, tmp_path):
     """sample.py and export.py on an FSDP run's ckpt.dcp, in one plain process: the weights are those a plain
     run reaches (within fp32 rounding), and samples come out."""
-    train(data, tmp_path / 'fsdp', '--parallel=fsdp', processes=2)
-    train(data, tmp_path / 'one')
+    train(char_data, tmp_path / 'fsdp', '--parallel=fsdp', processes=2)
+    train(char_data, tmp_path / 'one')
     sharded = checkpoint.load_model('resume', str(tmp_path / 'fsdp'))[0]
     plain = checkpoint.load_model('resume', str(tmp_path / 'one'))[0]
     for (name, p), q in zip(sharded.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
-    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tmp_path / "fsdp"}', '--num_samples=2',
-                             '--max_new_tokens=30', '--device=cpu'], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = run('sample.py', f'--out_dir={tmp_path / "fsdp"}', '--num_samples=2', '--max_new_tokens=30',
+                 '--device=cpu')
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('---------------') == 2
-    result = subprocess.run([sys.executable, 'export.py', f'--out_dir={tmp_path / "fsdp"}', f'--to={tmp_path / "hf"}'],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run('export.py', f'--out_dir={tmp_path / "fsdp"}', f'--to={tmp_path / "hf"}')
     assert result.returncode == 0, result.stderr[-2000:]
     assert os.path.isfile(tmp_path / 'hf' / 'model.safetensors')
-
-
-def test_a_planted_shard_index_cannot_run_code(data, tmp_path):
-    """ckpt.dcp's index (.metadata) is a pickle, which torch.distributed.checkpoint reads with plain pickle.load:
-    one that names any other class is refused with a one-line error, and its code never runs."""
-    out_dir = tmp_path / 'run'
-    train(data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
-    marker = tmp_path / 'pwned'
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f'touch {marker}',))
-
-    (out_dir / 'ckpt.dcp' / 'iter_0000003' / '.metadata').write_bytes(pickle.dumps(Exploit()))
-    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={out_dir}', '--device=cpu'], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert result.stderr.startswith('error: ') and 'not the index of a checkpoint' in result.stderr
-    assert not marker.exists()
 
 
 @pytest.mark.parametrize('extra, message', [
@@ -238,11 +199,8 @@ def test_a_planted_shard_index_cannot_run_code(data, tmp_path):
     (['--cpu_offload=True'], 'it needs --parallel=fsdp'),
     (['--parallel=zero3'], "parallel='zero3' is not one of ddp, fsdp"),
 ])
-def test_bad_parallel_options_are_one_line_errors(data, tmp_path, extra, message):
-    result = subprocess.run([sys.executable, 'train.py', *run_args(data, tmp_path / 'out', *extra)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
-    assert message in result.stderr
+def test_bad_parallel_options_are_one_line_errors(char_data, tmp_path, extra, message):
+    assert_one_line_error(run('train.py', *run_args(char_data, tmp_path / 'out', *extra)), message)
     assert not os.path.exists(tmp_path / 'out')
 
 
@@ -258,31 +216,3 @@ def test_activation_checkpointing_runs_each_block_again_in_backward():
         model.activation_checkpointing = recompute
         model(x, x)[1].backward()
         assert len(calls) == expected
-
-
-@pytest.mark.parametrize('argv, best, command_has', [
-    (['config/finetune_shakespeare.py', '--gpus=1', '--device_memory=24GB'],
-     'FSDP + CPU offload + activation checkpointing', '--nproc_per_node=1 train.py config/finetune_shakespeare.py '
-                                                     '--parallel=fsdp --cpu_offload=True --activation_checkpointing=True'),
-    (['config/finetune_shakespeare.py', '--gpus=2', '--device_memory=24GB'], 'FSDP', '--nproc_per_node=2'),
-    (['config/finetune_shakespeare.py', '--gpus=8', '--device_memory=80GB'], 'DDP', '--nproc_per_node=8 train.py '
-                                                                                    'config/finetune_shakespeare.py'),
-    (['config/model_llama2_7b.py', '--batch_size=1', '--gradient_accumulation_steps=8', '--gpus=8',
-      '--device_memory=80GB'], 'FSDP', 'train.py config/model_llama2_7b.py --batch_size=1'),
-])
-def test_sizing_plans_the_parallelism(argv, best, command_has):
-    """The README's cases: GPT-2 XL full finetuning on 1 x 24 GB (only CPU offload fits), 2 x 24 GB (FSDP),
-    8 x 80 GB (DDP fits, the fastest); Llama-2-7B on 8 x 80 GB (FSDP)."""
-    config, model_config, errors = sizing.resolve_config(argv)
-    report = sizing.sizing_report(config, model_config, errors, sizing.parse_memory(argv[-1].split('=')[1]), [],
-                                  argv=argv)
-    plan = report['plan']
-    assert plan['best'] == best
-    assert command_has in plan['command']
-    n = report['parameters']['total']
-    ddp = next(r for r in plan['rows'] if r['variant'] == 'DDP')
-    gpus = plan['gpus']
-    assert ddp['state'] == 18 * n + (4 * n if gpus > 1 else 0)
-    for row in plan['rows']:
-        if 'FSDP' in row['variant']:
-            assert row['state'] == 16 * n / gpus

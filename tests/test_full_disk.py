@@ -10,13 +10,11 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
 
-from conftest import ROOT, make_text, write_char_dataset
-from test_user_paths import TINY, assert_one_line_error
+from helpers import TINY, assert_one_line_error, make_text, run
 
 LIMIT = 256 * 1024
 
@@ -47,32 +45,27 @@ def fill(folder, leave):
         f.write(b'\0' * max(0, free - leave))
 
 
-def run(preexec, script, *argv):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, argv)], capture_output=True,
-                          text=True, timeout=120, preexec_fn=preexec, env=dict(os.environ, OMP_NUM_THREADS='1'))
-
-
-def test_train_save_on_a_full_disk(small_disk, tmp_path):
+def test_train_save_on_a_full_disk(small_disk, char_data):
     disk, preexec = small_disk
-    data = write_char_dataset(tmp_path / 'data')
     fill(disk, 40_000)  # room for metrics.jsonl and loss.png's first try, not for a 78 KB checkpoint
-    result = run(preexec, 'train.py', f'--data_dir={data}', f'--out_dir={disk}/out', *TINY, '--n_embd=64')
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={disk}/out', *TINY, '--n_embd=64',
+                 preexec_fn=preexec)
     assert_one_line_error(result, f'could not save {disk}/out/ckpt.pt', 'free some disk space')
     assert not [n for n in os.listdir(disk / 'out') if n.endswith('.tmp')]
 
 
-def test_export_force_on_a_full_disk_keeps_the_previous_export(small_disk, tmp_path):
+def test_export_force_on_a_full_disk_keeps_the_previous_export(small_disk, char_data, tmp_path):
     disk, preexec = small_disk
-    data = write_char_dataset(tmp_path / 'data')
-    result = run(None, 'train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/run', *TINY)
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={tmp_path}/run', *TINY)
     assert result.returncode == 0, result.stderr
-    result = run(preexec, 'export.py', f'--out_dir={tmp_path}/run', f'--to={disk}/hf')
+    result = run('export.py', f'--out_dir={tmp_path}/run', f'--to={disk}/hf', preexec_fn=preexec)
     assert result.returncode == 0, result.stderr
     before = {n: (disk / 'hf' / n).read_bytes() for n in ('config.json', 'model.safetensors')}
     fill(disk, 2_000)
-    result = run(preexec, 'train.py', f'--data_dir={data}', f'--out_dir={tmp_path}/run2', *TINY, '--n_embd=64')
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={tmp_path}/run2', *TINY, '--n_embd=64',
+                 preexec_fn=preexec)
     assert result.returncode == 0, result.stderr
-    result = run(preexec, 'export.py', f'--out_dir={tmp_path}/run2', f'--to={disk}/hf', '--force=True')
+    result = run('export.py', f'--out_dir={tmp_path}/run2', f'--to={disk}/hf', '--force=True', preexec_fn=preexec)
     assert_one_line_error(result, f'could not write {disk}/hf', 'files already there are unchanged', '--to')
     assert {n: (disk / 'hf' / n).read_bytes() for n in before} == before
     assert sorted(os.listdir(disk / 'hf')) == ['config.json', 'model.safetensors']
@@ -83,6 +76,6 @@ def test_prepare_on_a_full_disk(small_disk, tmp_path):
     disk, preexec = small_disk
     text = tmp_path / 'corpus.txt'
     text.write_text(make_text(90_000))  # 180 KB of uint16 pieces, then 180 KB of bins
-    result = run(preexec, 'prepare.py', str(text), f'--out_dir={disk}/data', '--tokenizer=char', '--num_proc=1')
+    result = run('prepare.py', text, f'--out_dir={disk}/data', '--tokenizer=char', '--num_proc=1', preexec_fn=preexec)
     assert_one_line_error(result, 'could not write', 'free some disk space', 'run the same command again')
     assert not os.path.exists(disk / 'data' / 'train.bin')

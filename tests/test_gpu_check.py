@@ -2,19 +2,18 @@
 every check with tiny sizes, so that the script itself is never the first thing to break on the GPU."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, run
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import gpu_check  # noqa: E402
 
+
 def run_check(results, timeout=600, **env):
-    return subprocess.run([sys.executable, 'benchmarks/gpu_check.py', str(results)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, DEVICE='cpu', **env))
+    return run('benchmarks/gpu_check.py', results, timeout=timeout, env=dict(DEVICE='cpu', **env))
 
 
 @pytest.mark.slow

@@ -4,18 +4,17 @@ tests themselves."""
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import checkpoint
+import dataset
 import hellaswag
 import hf
 import machine
-from conftest import ROOT, WORDS, gpt2_encoding
+from helpers import WORDS, assert_one_line_error, gpt2_encoding, read_metrics, run
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
@@ -72,8 +71,7 @@ def setup(tmp_path_factory):
 
 
 def run_evaluate(*args):
-    return subprocess.run([sys.executable, 'evaluate.py', '--device=cpu', '--dtype=float32', *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run('evaluate.py', '--device=cpu', '--dtype=float32', *args)
 
 
 def evaluate_json(*args):
@@ -200,10 +198,8 @@ def test_sharded_counts_sum_to_the_whole(setup):
 def test_torchrun_splits_the_examples_and_prints_once(setup):
     gpt2_encoding()
     folder, data = setup
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'evaluate.py',
-           f'--init_from={folder}', f'--data={data}', '--device=cpu', '--dtype=float32', '--json=True']
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    result = run('evaluate.py', f'--init_from={folder}', f'--data={data}', '--device=cpu', '--dtype=float32',
+                 '--json=True', processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)  # one object: only rank 0 prints
     whole = hellaswag.evaluate(checkpoint.load_model(folder)[0], Tokenizer(), hellaswag.load_examples(data), CPU)
@@ -216,18 +212,15 @@ def test_max_examples(setup):
     assert evaluate_json(f'--init_from={folder}', f'--data={data}', '--max_examples=2')['n'] == 2
 
 
-def test_a_char_level_model_is_refused_in_one_line(tmp_path):
-    chars = sorted(set('hello world'))
-    with open(tmp_path / 'meta.pkl', 'wb') as f:
-        pickle.dump({'vocab_size': len(chars), 'tokenizer': 'char', 'stoi': {c: i for i, c in enumerate(chars)},
-                     'itos': dict(enumerate(chars))}, f)
-    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=len(chars))
+def test_a_char_level_model_is_refused_in_one_line(char_data, tmp_path):
+    vocab_size = dataset.load_meta(char_data)['vocab_size']
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=vocab_size)
     checkpoint.save({'model': GPT(config).state_dict(), 'model_args': checkpoint.model_args(config),
-                     'config': {'data_dir': str(tmp_path)}}, str(tmp_path / 'ckpt.pt'))
+                     'config': {'data_dir': char_data}}, str(tmp_path / 'ckpt.pt'))
     data = write_examples(tmp_path / 'val.jsonl', EXAMPLES[:1])
     result = run_evaluate(f'--out_dir={tmp_path}', f'--data={data}')
-    assert result.returncode == 1 and result.stdout == ''
-    assert result.stderr.count('\n') == 1 and "GPT-2's BPE" in result.stderr and "'char'" in result.stderr
+    assert_one_line_error(result, "GPT-2's BPE", "'char'")
+    assert result.stdout == ''
 
 
 def test_an_unknown_task_lists_the_tasks():
@@ -296,14 +289,12 @@ def test_train_scores_hellaswag_during_training(tmp_path):
                      'val_tokens': 2_000}, f)
     examples = write_examples(tmp_path / 'hellaswag.jsonl', EXAMPLES)
     out_dir = tmp_path / 'out'
-    result = subprocess.run([sys.executable, 'train.py', f'--data_dir={data}', f'--out_dir={out_dir}', '--device=cpu',
-                             '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32',
-                             '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=2', '--eval_interval=4',
-                             '--max_iters=4', '--hellaswag_interval=2', f'--hellaswag_data={examples}'],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run('train.py', f'--data_dir={data}', f'--out_dir={out_dir}', '--device=cpu', '--dtype=float32',
+                 '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=2',
+                 '--gradient_accumulation_steps=1', '--eval_iters=2', '--eval_interval=4', '--max_iters=4',
+                 '--hellaswag_interval=2', f'--hellaswag_data={examples}')
     assert result.returncode == 0, result.stderr
-    with open(out_dir / 'metrics.jsonl') as f:
-        scores = [r for r in map(json.loads, f) if 'hellaswag_acc' in r]
+    scores = [r for r in read_metrics(out_dir) if 'hellaswag_acc' in r]
     assert [(r['iter'], r['hellaswag_n']) for r in scores] == [(0, 6), (2, 6), (4, 6)]
     final = evaluate_json('--init_from=resume', f'--out_dir={out_dir}', f'--data={examples}')
     assert (final['acc'], final['acc_norm']) == (scores[-1]['hellaswag_acc'], scores[-1]['hellaswag_acc_norm'])

@@ -1,9 +1,4 @@
 """optimizer='muon' (Muon for the block matrices, AdamW for the rest) and lr_schedule='wsd'."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -11,7 +6,7 @@ import checkpoint
 import machine
 import train
 import training
-from conftest import ROOT, write_char_dataset
+from helpers import assert_one_line_error, read_metrics, run, settings_by_parameter, without_timings
 from model import GPT, GPTConfig
 from muon import MuonAdamW, orthogonalize
 
@@ -28,22 +23,26 @@ def gpt2_like():
 
 
 def test_muon_groups_and_their_learning_rates():
+    """Muon takes the blocks' matrices; AdamW the rest, decaying the embeddings and lm_head only."""
     model = gpt2_like()
-    names = {id(p): name for name, p in model.named_parameters()}
     optimizer = training.configure_optimizer(model, MUON, CPU)
     assert isinstance(optimizer, MuonAdamW)
-    muon, adamw_decay, adamw_no_decay = ({names[id(p)] for p in group['params']} for group in optimizer.param_groups)
-    assert muon == {f'transformer.h.{i}.{m}.weight' for i in range(2)
-                    for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')}
-    assert adamw_decay == {'transformer.wte.weight', 'transformer.wpe.weight', 'lm_head.weight'}
-    assert adamw_no_decay == {name for name in names.values() if name.endswith('.bias') or '.ln_' in name}
-    assert len(muon) + len(adamw_decay) + len(adamw_no_decay) == len(names)
-    assert [(g['muon'], g['lr'], g['weight_decay']) for g in optimizer.param_groups] == [
-        (True, 0.02, 0.0), (False, 1e-3, 0.1), (False, 1e-3, 0.0)]
-    assert optimizer.param_groups[0]['momentum'] == 0.9
+    block_matrices = {f'transformer.h.{i}.{m}.weight' for i in range(2)
+                      for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')}
+    embeddings = {'transformer.wte.weight', 'transformer.wpe.weight', 'lm_head.weight'}
+    for name, setting in settings_by_parameter(model, optimizer, 'muon', 'lr', 'weight_decay').items():
+        if name in block_matrices:
+            assert setting == (True, 0.02, 0.0), name  # muon_lr, muon_weight_decay
+        elif name in embeddings:
+            assert setting == (False, 1e-3, 0.1), name  # learning_rate, weight_decay
+        else:
+            assert name.endswith('.bias') or '.ln_' in name, name
+            assert setting == (False, 1e-3, 0.0), name  # no decay of biases and norms
+    assert {g['momentum'] for g in optimizer.param_groups if g['muon']} == {0.9}
     # the schedule scales every group's base lr by the same factor
     assert training.Schedule(dict(MUON, warmup_iters=3)).apply(optimizer, 0) == 0.25e-3  # a quarter into the warmup
-    assert [g['lr'] for g in optimizer.param_groups] == [0.005, 0.25e-3, 0.25e-3]
+    for name, (lr,) in settings_by_parameter(model, optimizer, 'lr').items():
+        assert lr == (0.005 if name in block_matrices else 0.25e-3), name
     assert isinstance(training.configure_optimizer(model, dict(MUON, optimizer='adamw'), CPU), torch.optim.AdamW)
 
 
@@ -110,48 +109,38 @@ TINY = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_emb
         '--batch_size=2', '--eval_iters=4', '--log_interval=1', '--dropout=0.1', '--warmup_iters=2',
         '--lr_decay_iters=10', '--eval_interval=5', '--optimizer=muon', '--lr_schedule=wsd', '--decay_fraction=0.5',
         '--muon_weight_decay=0.1']
-ENV = dict(os.environ, OMP_NUM_THREADS='1')  # CPU kernels sum in another order on another number of threads
 
 
-def run(*argv, check=True, procs=1):
-    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}']
-    result = subprocess.run([*(torchrun if procs > 1 else [sys.executable]), 'train.py', *map(str, argv)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, env=ENV)
-    assert result.returncode == 0 or not check, result.stderr[-3000:]
-    return result
+def train_process(*argv, processes=None):
+    result = run('train.py', *argv, processes=processes)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
-def logged(out_dir):
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return [(r['iter'], r.get('loss'), r.get('lr'), r.get('val_loss')) for r in map(json.loads, f)]
-
-
-def test_exact_resume_with_muon(tmp_path):
+def test_exact_resume_with_muon(char_data, tmp_path):
     """From the command line: 10 iterations in one go == 5, stop, resume to 10, bit for bit (Muon's momentum
     and AdamW's moments saved and restored); resuming with the other optimizer is a one-line error."""
-    data = write_char_dataset(tmp_path / 'data')
-    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'whole'}", '--max_iters=10')
-    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=5')
+    argv = [*TINY, f'--data_dir={char_data}']
+    train_process(*argv, f"--out_dir={tmp_path / 'whole'}", '--max_iters=10')
+    train_process(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=5')
     state = checkpoint.load(tmp_path / 'split' / 'ckpt.pt')['optimizer']
     assert {tuple(s) for s in state['state'].values()} == {('momentum_buffer',), ('step', 'exp_avg', 'exp_avg_sq')}
-    run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=10', '--init_from=resume')
-    assert logged(tmp_path / 'split') == logged(tmp_path / 'whole')
+    train_process(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=10', '--init_from=resume')
+    assert without_timings(read_metrics(tmp_path / 'split')) == without_timings(read_metrics(tmp_path / 'whole'))
     a, b = (checkpoint.load(tmp_path / name / 'ckpt.pt')['model'] for name in ('whole', 'split'))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    result = run(*TINY, f'--data_dir={data}', f"--out_dir={tmp_path / 'split'}", '--max_iters=12',
-                 '--init_from=resume', '--optimizer=adamw', check=False)
-    assert result.returncode == 1 and result.stderr.count('\n') == 1
-    assert "trained with optimizer='muon'" in result.stderr and '--optimizer=muon' in result.stderr
+    result = run('train.py', *argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=12', '--init_from=resume',
+                 '--optimizer=adamw')
+    assert_one_line_error(result, "trained with optimizer='muon'", '--optimizer=muon')
 
 
-def test_two_process_resume_with_muon(tmp_path):
+def test_two_process_resume_with_muon(char_data, tmp_path):
     """torchrun, 2 processes (DDP): 8 iterations in one go == 4, then a resume to 8."""
-    data = write_char_dataset(tmp_path / 'data')
-    argv = [*TINY, f'--data_dir={data}', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=8']
-    run(*argv, f"--out_dir={tmp_path / 'whole'}", '--max_iters=8', procs=2)
-    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=4', procs=2)
-    run(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=8', '--init_from=resume', procs=2)
-    assert logged(tmp_path / 'split') == logged(tmp_path / 'whole')
+    argv = [*TINY, f'--data_dir={char_data}', '--gradient_accumulation_steps=2', '--eval_interval=4',
+            '--lr_decay_iters=8']
+    train_process(*argv, f"--out_dir={tmp_path / 'whole'}", '--max_iters=8', processes=2)
+    train_process(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=4', processes=2)
+    train_process(*argv, f"--out_dir={tmp_path / 'split'}", '--max_iters=8', '--init_from=resume', processes=2)
+    assert without_timings(read_metrics(tmp_path / 'split')) == without_timings(read_metrics(tmp_path / 'whole'))
 
 
 @pytest.mark.parametrize('extra, words', [

@@ -1,9 +1,9 @@
 """Loss curves: the series drawn are exactly the values in metrics.jsonl, train.py writes out_dir/loss.png after every
 evaluation and at the end (and trains on when it cannot), and plot.py overlays runs or fails in one line."""
+import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import matplotlib.image
@@ -11,7 +11,7 @@ import pytest
 
 import curves
 import train
-from conftest import ROOT, write_char_dataset
+from helpers import assert_one_line_error, read_metrics, run
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--gradient_accumulation_steps=2', '--eval_iters=2', '--warmup_iters=2',
@@ -19,35 +19,23 @@ TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_emb
 TOKENS_PER_ITER = 2 * 2 * 16  # gradient_accumulation_steps x batch_size x block_size
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return write_char_dataset(tmp_path_factory.mktemp('data'))
-
-
 def train_process(data_dir, out_dir, *argv):
-    result = subprocess.run([sys.executable, 'train.py', *TINY, f'--data_dir={data_dir}', f'--out_dir={out_dir}',
-                             *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    result = run('train.py', *TINY, f'--data_dir={data_dir}', f'--out_dir={out_dir}', *argv)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 @pytest.fixture(scope='module')
-def runs(data_dir, tmp_path_factory):
+def runs(char_data, tmp_path_factory):
     """Two runs of train.py as processes: 'a' logs every 2nd of 6 iterations and evaluates every 3rd; 'b' runs 4
     iterations, then is resumed to 6 with twice the batch size."""
     root = tmp_path_factory.mktemp('runs')
-    train_process(data_dir, root / 'a', '--max_iters=6', '--lr_decay_iters=6', '--eval_interval=3',
+    train_process(char_data, root / 'a', '--max_iters=6', '--lr_decay_iters=6', '--eval_interval=3',
                   '--log_interval=2')
-    train_process(data_dir, root / 'b', '--max_iters=4', '--lr_decay_iters=6', '--eval_interval=2')
-    train_process(data_dir, root / 'b', '--max_iters=6', '--lr_decay_iters=6', '--eval_interval=2',
+    train_process(char_data, root / 'b', '--max_iters=4', '--lr_decay_iters=6', '--eval_interval=2')
+    train_process(char_data, root / 'b', '--max_iters=6', '--lr_decay_iters=6', '--eval_interval=2',
                   '--init_from=resume', '--batch_size=4')
     return root
-
-
-def read_lines(out_dir):
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def assert_png(path, size):
@@ -59,7 +47,7 @@ def assert_png(path, size):
 
 
 def test_series_of_a_real_run_are_the_values_in_metrics_jsonl(runs):
-    records = read_lines(runs / 'a')
+    records = read_metrics(runs / 'a')
     steps = [r for r in records if 'loss' in r]
     evals = [r for r in records if 'val_loss' in r]
     assert [r['iter'] for r in steps] == [2, 4, 6] and [r['iter'] for r in evals] == [0, 3, 6]
@@ -81,7 +69,7 @@ def test_series_of_a_real_run_are_the_values_in_metrics_jsonl(runs):
 
 
 def test_tokens_count_on_through_a_resume_with_another_batch_size(runs):
-    records = read_lines(runs / 'b')
+    records = read_metrics(runs / 'b')
     assert [r['iter'] for r in records if 'loss' in r] == [1, 2, 3, 4, 5, 6]
     tokens = {r['iter']: r['tokens'] for r in records}
     assert tokens == {i: i * TOKENS_PER_ITER if i <= 4 else (4 + 2 * (i - 4)) * TOKENS_PER_ITER for i in range(7)}
@@ -119,26 +107,43 @@ def test_series_skip_nulls_and_draw_hellaswag(tmp_path):
 
 
 def test_train_writes_loss_png(runs):
-    for run in ('a', 'b'):
-        assert_png(runs / run / 'loss.png', (600, 800))
-        assert [f for f in os.listdir(runs / run) if f.endswith('.tmp')] == []
+    for name in ('a', 'b'):
+        assert_png(runs / name / 'loss.png', (600, 800))
+        assert [f for f in os.listdir(runs / name) if f.endswith('.tmp')] == []
 
 
-def test_loss_png_is_drawn_after_every_evaluation_and_at_the_end(data_dir, tmp_path, monkeypatch):
-    drawn = []  # the last iteration in metrics.jsonl at each drawing
+def assert_picture_of_metrics(out_dir):
+    """out_dir/loss.png is the picture of out_dir/metrics.jsonl, as plot.py draws that run."""
+    expected = out_dir.parent / f'{out_dir.name}.png'
+    curves.draw([(out_dir.name, read_metrics(out_dir))], expected)
+    assert (out_dir / 'loss.png').read_bytes() == expected.read_bytes()
+
+
+def test_loss_png_is_redrawn_after_each_evaluation_and_at_the_end(char_data, tmp_path, monkeypatch):
+    """While a run trains, loss.png shows each evaluation (but the first, which has no step to show with it) before
+    the next one comes, and is not drawn at every step; at the end it is the picture of the whole of metrics.jsonl,
+    also when an error stops the run."""
+    drawings = []  # the records each drawing of loss.png showed
     real_draw = curves.draw
 
     def recording_draw(runs, path, x='iter'):
-        drawn.append(runs[0][1][-1]['iter'])
+        drawings.append(copy.deepcopy(runs[0][1]))
         real_draw(runs, path, x)
     monkeypatch.setattr(curves, 'draw', recording_draw)
-    argv = [*TINY, f'--data_dir={data_dir}', '--max_iters=5', '--eval_interval=2']
+    argv = [*TINY, f'--data_dir={char_data}', '--max_iters=5', '--eval_interval=2']
     train.main([*argv, f'--out_dir={tmp_path / "a"}'])
-    # at the step after each evaluation that follows training (after the save), and at the end for the last one
-    assert drawn == [3, 5, 5]
+    records = read_metrics(tmp_path / 'a')
+    assert all(drawing == records[:len(drawing)] for drawing in drawings)  # what metrics.jsonl held then
+    evaluations = [r for r in records if 'val_loss' in r]
+    assert [r['iter'] for r in evaluations] == [0, 2, 4, 5]
+    for evaluation, following in zip(evaluations[1:], evaluations[2:] + [None]):
+        assert any(evaluation in drawing and following not in drawing for drawing in drawings), evaluation
+    assert len(drawings) <= len(evaluations) + 1 < len(records)
+    assert drawings[-1] == records
     assert_png(tmp_path / 'a' / 'loss.png', (600, 800))
+    assert_picture_of_metrics(tmp_path / 'a')
 
-    drawn.clear()
+    drawings.clear()
     steps = 0
 
     def failing_step(*args):  # a run stopped by an error after 3 steps: the end draws them
@@ -151,31 +156,28 @@ def test_loss_png_is_drawn_after_every_evaluation_and_at_the_end(data_dir, tmp_p
     monkeypatch.setattr(train, 'train_step', failing_step)
     with pytest.raises(ValueError, match='stop'):
         train.main([*argv, f'--out_dir={tmp_path / "b"}', '--eval_interval=100'])
-    assert drawn == [3]
+    records = read_metrics(tmp_path / 'b')
+    assert [r['iter'] for r in records if 'loss' in r] == [1, 2, 3] and drawings == [records]
+    assert_picture_of_metrics(tmp_path / 'b')
 
 
-def test_a_failure_to_draw_does_not_stop_training(data_dir, tmp_path, monkeypatch, capsys):
+def test_a_failure_to_draw_does_not_stop_training(char_data, tmp_path, monkeypatch, capsys):
     """Without matplotlib (curves cannot be imported) a run trains and warns once, in one line."""
     monkeypatch.setitem(sys.modules, 'curves', None)
-    train.main([*TINY, f'--data_dir={data_dir}', f'--out_dir={tmp_path}', '--max_iters=4', '--eval_interval=2'])
+    train.main([*TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=4', '--eval_interval=2'])
     warnings = [line for line in capsys.readouterr().out.splitlines() if 'loss.png' in line]
     assert len(warnings) == 1 and warnings[0].startswith('warning: cannot draw') and 'training goes on' in warnings[0]
     assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'metrics.jsonl']
-    assert [r['iter'] for r in read_lines(tmp_path) if 'val_loss' in r] == [0, 2, 4]
-
-
-def plot(*argv, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), *map(str, argv)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    assert [r['iter'] for r in read_metrics(tmp_path) if 'val_loss' in r] == [0, 2, 4]
 
 
 def test_plot_overlays_runs(runs, tmp_path):
-    result = plot(runs / 'a', runs / 'b', '--x=tokens', f'--out={tmp_path / "both.png"}')
+    result = run('plot.py', runs / 'a', runs / 'b', '--x=tokens', f'--out={tmp_path / "both.png"}')
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f'wrote {tmp_path / "both.png"}: 2 runs against tokens'
     assert_png(tmp_path / 'both.png', (600, 800))
     shutil.copytree(runs / 'a', tmp_path / 'a')
-    result = plot('a', '--x=seconds', cwd=tmp_path)  # the default --out: runs.png in the current folder
+    result = run('plot.py', 'a', '--x=seconds', cwd=tmp_path)  # the default --out: runs.png in the current folder
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / 'runs.png', (600, 800))
 
@@ -194,7 +196,5 @@ def test_plot_errors_are_one_line(tmp_path):
         ((tmp_path / 'old', '--y=1'), "unknown config key 'y'"),
     ]
     for argv, words in cases:
-        result = plot(*argv, cwd=tmp_path)
-        assert result.returncode == 1 and result.stderr.startswith('error: ') and words in result.stderr, result.stderr
-        assert result.stderr.strip().count('\n') == 0 and 'Traceback' not in result.stderr
+        assert_one_line_error(run('plot.py', *argv, cwd=tmp_path), words)
     assert not os.path.exists(tmp_path / 'runs.png')

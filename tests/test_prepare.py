@@ -2,27 +2,17 @@
 import importlib.util
 import json
 import os
-import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import requests
 
 import corpus as prepare
-from conftest import ROOT, gpt2_encoding, shakespeare
-from dataset import load_meta, token_dtype
+from helpers import (ROOT, assert_one_line_error, files_under, gpt2_encoding, make_text, read_bins, run, shakespeare,
+                     write_char_dataset)
 from tokenizer import Tokenizer
 
 OUTPUTS = ('train.bin', 'val.bin', 'meta.pkl')
-
-
-def read_bins(out_dir):
-    """(meta, train ids, val ids) as a training run reads them."""
-    meta = load_meta(out_dir)
-    train, val = (np.memmap(os.path.join(out_dir, name), dtype=token_dtype(meta), mode='r') for name in OUTPUTS[:2])
-    return meta, train, val
 
 
 def read_outputs(out_dir):
@@ -35,11 +25,6 @@ def read_outputs(out_dir):
 
 def decode(meta, *ids):
     return Tokenizer(meta).decode(np.concatenate(ids).tolist())
-
-
-def leftovers(out_dir):
-    """Every file under out_dir: what a failed or interrupted preparation left behind."""
-    return sorted(os.path.relpath(os.path.join(d, f), out_dir) for d, _, fs in os.walk(out_dir) for f in fs)
 
 
 def write(path, content):
@@ -90,7 +75,7 @@ def test_gpt2_prepare_equals_encoding_the_whole_text(tmp_path, monkeypatch):
     assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': 'gpt2',
                     'train_tokens': len(train), 'val_tokens': len(val)}
     assert decode(meta, train, val) == text + '<|endoftext|>'
-    assert leftovers(tmp_path) == sorted(OUTPUTS)  # the .prepare/ pieces are gone
+    assert files_under(tmp_path) == sorted(OUTPUTS)  # the .prepare/ pieces are gone
 
 
 def test_missing_input_is_downloaded_else_says_where_to_put_it(tmp_path, monkeypatch):
@@ -100,7 +85,7 @@ def test_missing_input_is_downloaded_else_says_where_to_put_it(tmp_path, monkeyp
     with pytest.raises(OSError) as e:
         prepare.prepare_builtin('shakespeare', str(tmp_path / 'shakespeare'))
     assert os.path.join(str(tmp_path), 'shakespeare', 'input.txt') in str(e.value) and '--input' in str(e.value)
-    assert leftovers(tmp_path) == []
+    assert files_under(tmp_path) == []
 
     class Response:
         content = b'First Citizen:\nBefore we proceed any further, hear me speak.\n' * 20
@@ -111,7 +96,7 @@ def test_missing_input_is_downloaded_else_says_where_to_put_it(tmp_path, monkeyp
     prepare.prepare_builtin('shakespeare_char', str(tmp_path / 'shakespeare_char'))
     meta, train, val = read_bins(tmp_path / 'shakespeare_char')
     assert decode(meta, train, val) == Response.content.decode()
-    assert leftovers(tmp_path / 'shakespeare_char') == sorted(OUTPUTS + ('input.txt',))
+    assert files_under(tmp_path / 'shakespeare_char') == sorted(OUTPUTS + ('input.txt',))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,13 +136,12 @@ def test_custom_corpus_folder(tmp_path, monkeypatch, tokenizer):
 def test_cli_prepares_a_folder_on_two_processes(tmp_path):
     documents = make_corpus(tmp_path / 'corpus')
     out_dir = tmp_path / 'out'
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'prepare.py'), str(tmp_path / 'corpus'),
-                          f'--out_dir={out_dir}', '--tokenizer=char', '--text_field=body', '--num_proc=2'],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    result = run('prepare.py', tmp_path / 'corpus', f'--out_dir={out_dir}', '--tokenizer=char', '--text_field=body',
+                 '--num_proc=2')
+    assert result.returncode == 0, result.stderr
     meta, train, val = read_bins(out_dir)
     assert decode(meta, train, val) == ''.join(documents)
-    assert f'{len(train):,} train and {len(val):,} val tokens' in run.stdout
+    assert f'{len(train):,} train and {len(val):,} val tokens' in result.stdout
 
 
 def test_long_documents_are_cut_without_losing_or_changing_text(tmp_path, monkeypatch):
@@ -185,14 +169,10 @@ def test_dtype_is_uint32_only_when_the_vocabulary_needs_it(tmp_path, n_chars, dt
 
 
 def test_nanogpt_bins_without_dtype_key_still_read(tmp_path):
-    chars = sorted(set('hello world'))
-    with open(tmp_path / 'meta.pkl', 'wb') as f:  # exactly the keys nanoGPT's shakespeare_char writes
-        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': {c: i for i, c in enumerate(chars)}}, f)
-    np.array([chars.index(c) for c in 'hello world'], dtype=np.uint16).tofile(tmp_path / 'train.bin')
-    np.array([0, 1], dtype=np.uint16).tofile(tmp_path / 'val.bin')
-    meta, train, val = read_bins(tmp_path)
+    text = make_text(1_000)
+    meta, train, val = read_bins(write_char_dataset(tmp_path, text, nanogpt=True))
     assert (meta['dtype'], meta['tokenizer']) == ('uint16', 'char')
-    assert decode(meta, train) == 'hello world'
+    assert decode(meta, train, val) == text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,14 +238,14 @@ def test_interrupted_preparation_resumes_where_it_stopped(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_corpus(files, out_dir, 'gpt2', val_fraction=0.25, val_by_document=True)
     # the two finished parts are kept, the unfinished one is not, and no final file exists
-    assert leftovers(out_dir) == ['.prepare/00000.train.bin', '.prepare/00000.val.bin', '.prepare/00001.train.bin',
+    assert files_under(out_dir) == ['.prepare/00000.train.bin', '.prepare/00000.val.bin', '.prepare/00001.train.bin',
                                   '.prepare/00001.val.bin', '.prepare/plan.json']
     read.clear()
     monkeypatch.setattr(prepare, 'read_documents', lambda path, field: read.append(path) or real_read_documents(path, field))
     prepare.prepare_corpus(files, out_dir, 'gpt2', val_fraction=0.25, val_by_document=True)
     assert read == files[2:]  # only the third file was tokenized again
     assert read_outputs(out_dir) == read_outputs(tmp_path / 'whole')
-    assert leftovers(out_dir) == sorted(OUTPUTS)
+    assert files_under(out_dir) == sorted(OUTPUTS)
 
     # a changed input file is not resumed from stale pieces: its tokens are redone
     monkeypatch.setattr(prepare, 'read_documents', interrupted_at_third_file)
@@ -293,11 +273,11 @@ def test_interrupted_write_leaves_the_previous_dataset_whole(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_corpus(write(tmp_path / 'new.txt', 'a new dataset, different\n' * 10), out_dir, 'char')
     assert read_outputs(out_dir) == before  # neither the new train.bin nor any mix of old and new
-    assert not [f for f in leftovers(out_dir) if f.endswith('.tmp')]
+    assert not [f for f in files_under(out_dir) if f.endswith('.tmp')]
 
     with pytest.raises(KeyboardInterrupt):  # and on a first preparation, no final file at all
         prepare.prepare_corpus(str(tmp_path / 'new.txt'), str(tmp_path / 'first'), 'char')
-    assert [f for f in leftovers(tmp_path / 'first') if not f.startswith('.prepare/')] == []
+    assert [f for f in files_under(tmp_path / 'first') if not f.startswith('.prepare/')] == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,7 +324,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, tokeniz
     inputs = make_input(tmp_path)
     with pytest.raises(error, match=message):
         prepare.prepare_corpus(inputs, str(tmp_path / 'out'), tokenizer)
-    assert leftovers(tmp_path / 'out') == []
+    assert files_under(tmp_path / 'out') == []
 
 
 @pytest.mark.parametrize('setting, message', [({'val_fraction': 0.0}, 'between 0 and 1'),
@@ -353,15 +333,14 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case, tokeniz
 def test_bad_settings(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         prepare.prepare_corpus(shakespeare(), str(tmp_path / 'out'), **{'tokenizer': 'char', **setting})
-    assert leftovers(tmp_path / 'out') == []
+    assert files_under(tmp_path / 'out') == []
 
 
 def test_cli_bad_input_is_one_line_on_stderr(tmp_path):
     bad = write(tmp_path / 'latin1.txt', 'caf\xe9'.encode('latin-1'))
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'data', 'shakespeare_char', 'prepare.py'), f'--input={bad}'],
-                         capture_output=True, text=True)
-    assert run.returncode == 1 and 'Traceback' not in run.stderr
-    assert run.stderr.splitlines()[-1].startswith(f'error: {bad} is not UTF-8')
+    result = run('data/shakespeare_char/prepare.py', f'--input={bad}')
+    assert_one_line_error(result)
+    assert result.stderr.startswith(f'error: {bad} is not UTF-8')
 
 
 def die(encoder, batch):
@@ -372,4 +351,4 @@ def test_a_dead_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare.Encoder, 'encode', die)  # the forked workers inherit it
     with pytest.raises(OSError, match='a worker process died'):
         prepare.prepare_corpus(shakespeare(), str(tmp_path / 'out'), 'gpt2', num_proc=2)
-    assert [f for f in leftovers(tmp_path / 'out') if not f.startswith('.prepare/')] == []
+    assert [f for f in files_under(tmp_path / 'out') if not f.startswith('.prepare/')] == []

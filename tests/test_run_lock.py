@@ -4,13 +4,11 @@ A second run into the folder, fresh or --init_from=resume, is refused in one lin
 and leaves the first run's checkpoint and metrics intact; the lock goes with its process, even after kill -9.
 """
 
-import json
 import os
 import signal
 import time
 
-from conftest import write_char_dataset
-from test_user_paths import RUN, TINY, assert_one_line_error, finish, run, start
+from helpers import RUN, TINY, assert_one_line_error, finish, read_metrics, run, start
 
 
 def wait_for(path, process, timeout=60):
@@ -21,18 +19,17 @@ def wait_for(path, process, timeout=60):
         time.sleep(0.05)
 
 
-def test_second_run_into_one_folder_is_refused(tmp_path):
-    data = write_char_dataset(tmp_path / 'data')
+def test_second_run_into_one_folder_is_refused(char_data, tmp_path):
     out = tmp_path / 'out'
     # a first run long enough to be running while the others start: many cheap iterations, a checkpoint at 4
-    first = start('train.py', f'--data_dir={data}', f'--out_dir={out}', *TINY, '--max_iters=100000',
+    first = start('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *TINY, '--max_iters=100000',
                   '--lr_decay_iters=100000')
     try:
         wait_for(out / 'ckpt.pt', first)
         lock = (out / '.run.lock').read_text()
         assert lock.startswith(f'{first.pid}: ') and 'train.py' in lock
-        fresh = start('train.py', f'--data_dir={data}', f'--out_dir={out}', *TINY, '--overwrite=True')
-        resume = start('train.py', f'--data_dir={data}', f'--out_dir={out}', *RUN, '--init_from=resume',
+        fresh = start('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *TINY, '--overwrite=True')
+        resume = start('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *RUN, '--init_from=resume',
                        '--max_iters=100000')
         for result in (finish(fresh), finish(resume)):
             assert_one_line_error(result, f'{out} is in use by another training run (pid {first.pid}: ', 'train.py',
@@ -44,10 +41,9 @@ def test_second_run_into_one_folder_is_refused(tmp_path):
         if first.poll() is None:
             first.kill()
             first.wait()
-    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()[:-1]]
-    assert [r['iter'] for r in records if 'loss' in r][:4] == [1, 2, 3, 4]  # the first run's, not overwritten
+    assert [r['iter'] for r in read_metrics(out) if 'loss' in r][:4] == [1, 2, 3, 4]  # the first run's, not overwritten
     # after kill -9: the stale lock file holds no lock, and a resume goes on from the first run's checkpoint
-    result = run('train.py', f'--data_dir={data}', f'--out_dir={out}', *RUN, '--init_from=resume', '--max_iters=8')
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *RUN, '--init_from=resume', '--max_iters=8')
     assert result.returncode == 0, result.stderr
     assert 'from iteration ' in result.stdout and not (out / '.run.lock').exists()
 

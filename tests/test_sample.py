@@ -1,7 +1,4 @@
 import os
-import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,17 +10,16 @@ import sample
 import tokenizer as tokenizers
 import train
 from configurator import configure
-from conftest import ROOT, gpt2_encoding
+from helpers import assert_one_line_error, gpt2_encoding, make_text, run, small_run, write_char_dataset
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
-from test_train import args, char_data  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope='module')
-def trained(char_data, tmp_path_factory):  # noqa: F811
-    """A checkpoint that a tiny training run wrote."""
+def trained(nanogpt_data, tmp_path_factory):
+    """A checkpoint that a small training run wrote."""
     out_dir = tmp_path_factory.mktemp('run')
-    train.main(args(char_data, out_dir, '--max_iters=20', '--eval_interval=20'))
+    train.main(small_run(nanogpt_data, out_dir, '--max_iters=20', '--eval_interval=20'))
     return str(out_dir)
 
 
@@ -94,13 +90,9 @@ def test_streaming_never_splits_a_multibyte_character(tmp_path):
 
 def test_nanogpt_checkpoint_layout(tmp_path):
     """A checkpoint as nanoGPT writes it: compiled names, mask buffers, no modern fields, meta without dtype."""
-    data_dir = tmp_path / 'data' / 'shakespeare_char'
-    os.makedirs(data_dir)
-    chars = sorted(set('abcdefgh \n'))
-    with open(data_dir / 'meta.pkl', 'wb') as f:
-        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)),
-                     'stoi': {c: i for i, c in enumerate(chars)}}, f)
-    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(chars), dropout=0.0)
+    meta = dataset.load_meta(write_char_dataset(tmp_path / 'data' / 'shakespeare_char', make_text(1_000), nanogpt=True))
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=meta['vocab_size'],
+                      dropout=0.0)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**model_args)).eval()
     state = {'_orig_mod.' + k: v for k, v in model.state_dict().items()}
@@ -116,17 +108,16 @@ def test_nanogpt_checkpoint_layout(tmp_path):
         samples, _ = run_sample(out_dir, '--temperature=0', '--num_samples=1', '--start=abc')
     finally:
         os.chdir(cwd)
-    expected = model.generate(torch.tensor([[chars.index(c) for c in 'abc']]), 30, temperature=0)
-    assert samples[0] == ''.join(chars[i] for i in expected[0].tolist())
+    expected = model.generate(torch.tensor([[meta['stoi'][c] for c in 'abc']]), 30, temperature=0)
+    assert samples[0] == ''.join(meta['itos'][i] for i in expected[0].tolist())
 
 
 def test_prompt_from_file_and_out_file(trained, tmp_path):
     prompt = tmp_path / 'prompt.txt'
     prompt.write_text('my lord\n')
     out_file = tmp_path / 'samples.txt'
-    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={trained}', f'--start=FILE:{prompt}',
-                             '--num_samples=2', '--max_new_tokens=10', '--device=cpu', f'--out_file={out_file}'],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = run('sample.py', f'--out_dir={trained}', f'--start=FILE:{prompt}', '--num_samples=2',
+                 '--max_new_tokens=10', '--device=cpu', f'--out_file={out_file}')
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(sample.SEPARATOR) == 2 and result.stdout.startswith('my lord\n')
     assert out_file.read_text() == result.stdout
@@ -152,8 +143,7 @@ def test_bad_input(trained, extra, words):
 
 
 def test_missing_checkpoint_says_where_and_how(tmp_path):
-    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tmp_path}/none', '--device=cpu'],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    result = run('sample.py', f'--out_dir={tmp_path}/none', '--device=cpu')
+    assert_one_line_error(result)
     assert result.stderr.strip() == (f'error: no checkpoint at {tmp_path}/none/ckpt.pt (nor the shards of an FSDP '
                                      'run, ckpt.dcp): train one with `python train.py ...`, or check --out_dir')

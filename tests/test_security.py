@@ -9,23 +9,14 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
-import warnings
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
-import checkpoint
-import sharded_checkpoint
 import dataset
-from conftest import ROOT, write_char_dataset
-from model import GPT, GPTConfig
+import sharded_checkpoint
+from helpers import RUN, Exploit, assert_one_line_error, copy_folder, readers_of_hf, readers_of_run, run, run_all
 from tokenizer import Tokenizer
-from test_user_paths import BENCH, RUN, Exploit, assert_one_line_error, run, run_all
-
-MODEL_ARGS = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False)
 
 
 def short_string(text):
@@ -36,66 +27,6 @@ def calling(module, name, arg):
     """Pickle opcodes that call module.name(arg) and drop the result: put before a real pickle, the file still
     loads as that pickle. A dotted name reaches what `module` imports (pickle protocol 4)."""
     return b'\x80\x04' + short_string(module) + short_string(name) + b'\x93' + short_string(arg) + b'\x85R0'
-
-
-@pytest.fixture(scope='module')
-def char_data(tmp_path_factory):
-    return write_char_dataset(tmp_path_factory.mktemp('data'))
-
-
-@pytest.fixture(scope='module')
-def model_files(char_data, tmp_path_factory):
-    """A run folder with ckpt.pt, one with ckpt.dcp (the sharded format) and a Hugging Face folder, of one tiny model
-    trained on nothing, written here in-process (no training: the readers are what is tested)."""
-    root = tmp_path_factory.mktemp('models')
-    meta = dataset.load_meta(char_data)
-    config = GPTConfig(**MODEL_ARGS, vocab_size=meta['vocab_size'])
-    model = GPT(config)
-    state = {'model_args': checkpoint.model_args(config), 'iter_num': 4, 'best_val_loss': 3.0,
-             'config': {'data_dir': char_data, 'optimizer': 'adamw', 'tokenizer': dataset.fingerprint(meta)},
-             'rng': checkpoint.all_rng_states(1)}
-    checkpoint.save({'model': model.state_dict(), **state}, str(root / 'pt' / 'ckpt.pt'))
-    shards = root / 'dcp' / 'ckpt.dcp'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        dcp.save({'model': model.state_dict(), 'optimizer': {}}, checkpoint_id=str(shards / 'iter_0000004'),
-                 no_dist=True)
-    torch.save(dict(state, optimizer_groups=[]), shards / 'iter_0000004' / 'train_state.pt')
-    (shards / 'latest').write_text('iter_0000004\n')
-    hf_dir = root / 'hf'
-    result = run('export.py', f"--out_dir={root / 'pt'}", f'--to={hf_dir}')
-    assert result.returncode == 0, result.stderr
-    return {'pt': str(root / 'pt'), 'dcp': str(root / 'dcp'), 'hf': str(hf_dir)}
-
-
-def copy(src, dst):
-    shutil.copytree(src, dst, symlinks=True)
-    return str(dst)
-
-
-def readers_of_run(run_dir, char_data, tmp_path):
-    """Every script that reads a run's checkpoint, on run_dir."""
-    return [
-        ('sample.py', f'--out_dir={run_dir}', '--device=cpu', '--max_new_tokens=4'),
-        ('export.py', f'--out_dir={run_dir}', f'--to={tmp_path}/hf_out'),
-        ('evaluate.py', f'--out_dir={run_dir}', '--device=cpu', f'--data_dir={char_data}'),
-        ('sizing.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={char_data}'),
-        ('bench.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={char_data}', '--device=cpu',
-         '--compile=False', '--batch_size=2', *BENCH),
-        ('train.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={char_data}', *RUN, '--max_iters=8'),
-    ]
-
-
-def readers_of_hf(hf_dir, char_data, tmp_path):
-    """Every script that reads a Hugging Face folder, on hf_dir."""
-    return [
-        ('sample.py', f'--init_from={hf_dir}', f'--data_dir={char_data}', '--device=cpu', '--max_new_tokens=4'),
-        ('evaluate.py', f'--init_from={hf_dir}', f'--data_dir={char_data}', '--device=cpu'),
-        ('sizing.py', f'--init_from={hf_dir}', f'--data_dir={char_data}'),
-        ('bench.py', f'--init_from={hf_dir}', f'--data_dir={char_data}', '--device=cpu', '--compile=False',
-         '--batch_size=2', *BENCH),
-        ('train.py', f'--init_from={hf_dir}', f'--data_dir={char_data}', f'--out_dir={tmp_path}/ft', *RUN),
-    ]
 
 
 def check_refused(commands, words, marker, may_pass=()):
@@ -116,7 +47,7 @@ def test_planted_dcp_index_runs_nothing_in_any_script(model_files, char_data, tm
     """The hole of issue 20: a .metadata prefixed with a call of os.system through the name 'os.system' of the
     module torch.distributed.checkpoint.metadata (which imports os). Every reader refuses it; none runs it."""
     marker = tmp_path / 'PWNED'
-    run_dir = copy(model_files['dcp'], tmp_path / 'run')
+    run_dir = copy_folder(model_files['dcp'], tmp_path / 'run')
     index = os.path.join(run_dir, 'ckpt.dcp', 'iter_0000004', '.metadata')
     with open(index, 'rb') as f:
         real = f.read()
@@ -127,18 +58,28 @@ def test_planted_dcp_index_runs_nothing_in_any_script(model_files, char_data, tm
                   marker)
 
 
+def test_a_planted_index_of_another_class_runs_nothing(model_files, char_data, tmp_path):
+    """ckpt.dcp's index (.metadata) is a pickle, which torch.distributed.checkpoint reads with plain pickle.load:
+    one that is wholly a call of another class is refused with a one-line error, and its code never runs."""
+    marker = tmp_path / 'PWNED'
+    run_dir = copy_folder(model_files['dcp'], tmp_path / 'run')
+    with open(os.path.join(run_dir, 'ckpt.dcp', 'iter_0000004', '.metadata'), 'wb') as f:
+        pickle.dump(Exploit(os.system, f'touch {marker}'), f)
+    check_refused(readers_of_run(run_dir, char_data, tmp_path)[:1], ['not the index of a checkpoint'], marker)
+
+
 def test_planted_pickles_run_nothing_in_any_script(model_files, char_data, tmp_path):
     """ckpt.pt, a sharded checkpoint's train_state.pt and a Hugging Face pytorch_model.bin, each a pickle that
     would call os.system: refused by torch's weights_only loader, in every script that reads them."""
     marker = tmp_path / 'PWNED'
     payload = Exploit(os.system, f'touch {marker}')
-    pt_run = copy(model_files['pt'], tmp_path / 'pt')
+    pt_run = copy_folder(model_files['pt'], tmp_path / 'pt')
     ckpt = torch.load(os.path.join(pt_run, 'ckpt.pt'), weights_only=True)
     torch.save(dict(ckpt, note=payload), os.path.join(pt_run, 'ckpt.pt'))
-    dcp_run = copy(model_files['dcp'], tmp_path / 'dcp')
+    dcp_run = copy_folder(model_files['dcp'], tmp_path / 'dcp')
     train_state = os.path.join(dcp_run, 'ckpt.dcp', 'iter_0000004', 'train_state.pt')
     torch.save(dict(torch.load(train_state, weights_only=True), note=payload), train_state)
-    hf_dir = copy(model_files['hf'], tmp_path / 'hf')
+    hf_dir = copy_folder(model_files['hf'], tmp_path / 'hf')
     from safetensors.torch import load_file
     weights = load_file(os.path.join(hf_dir, 'model.safetensors'))
     os.remove(os.path.join(hf_dir, 'model.safetensors'))
@@ -156,7 +97,7 @@ def test_planted_pickles_run_nothing_in_any_script(model_files, char_data, tmp_p
 def test_meta_pkl_runs_nothing_in_evaluate(model_files, char_data, tmp_path):
     """meta.pkl's other readers (sample, train, sizing, bench) are in test_user_paths; evaluate.py reads it too."""
     marker = tmp_path / 'PWNED'
-    data = copy(char_data, tmp_path / 'data')
+    data = copy_folder(char_data, tmp_path / 'data')
     with open(os.path.join(data, 'meta.pkl'), 'wb') as f:
         pickle.dump(Exploit(os.system, f'touch {marker}'), f)
     check_refused([('evaluate.py', f"--out_dir={model_files['pt']}", f'--data_dir={data}', '--device=cpu')],
@@ -182,10 +123,10 @@ def test_index_unpickler_takes_exact_names_only():
 def test_dcp_shard_paths_stay_inside_the_checkpoint(model_files, char_data, tmp_path):
     """An index whose relative_path leaves the folder ('../..', absolute, or a link out of it), and a `latest`
     that is a link to another run's iteration, are refused by sample.py and train.py before anything is read."""
-    outside = copy(model_files['dcp'], tmp_path / 'other')
+    outside = copy_folder(model_files['dcp'], tmp_path / 'other')
     cases = []
     for kind in ('dotdot', 'absolute', 'link'):
-        run_dir = copy(model_files['dcp'], tmp_path / kind)
+        run_dir = copy_folder(model_files['dcp'], tmp_path / kind)
         folder = os.path.join(run_dir, 'ckpt.dcp', 'iter_0000004')
         target = os.path.join(outside, 'ckpt.dcp', 'iter_0000004', '__0_0.distcp')
         if kind == 'link':
@@ -198,7 +139,7 @@ def test_dcp_shard_paths_stay_inside_the_checkpoint(model_files, char_data, tmp_
         with open(os.path.join(folder, '.metadata'), 'wb') as f:
             pickle.dump(metadata, f)
         cases.append((run_dir, name))
-    linked = copy(model_files['dcp'], tmp_path / 'linked')
+    linked = copy_folder(model_files['dcp'], tmp_path / 'linked')
     shutil.rmtree(os.path.join(linked, 'ckpt.dcp', 'iter_0000004'))
     os.symlink(os.path.join(outside, 'ckpt.dcp', 'iter_0000004'), os.path.join(linked, 'ckpt.dcp', 'iter_0000004'))
     cases.append((linked, 'iter_0000004'))
@@ -211,10 +152,10 @@ def test_dcp_shard_paths_stay_inside_the_checkpoint(model_files, char_data, tmp_
 def test_hf_weight_map_stays_inside_the_folder(model_files, char_data, tmp_path):
     """model.safetensors.index.json naming '../other/model.safetensors', an absolute path, or a link out of the
     folder is refused by every reader of Hugging Face folders; the Hugging Face cache's own links are not."""
-    other = copy(model_files['hf'], tmp_path / 'other')
+    other = copy_folder(model_files['hf'], tmp_path / 'other')
     cases = []
     for kind in ('dotdot', 'absolute', 'link'):
-        hf_dir = copy(model_files['hf'], tmp_path / kind)
+        hf_dir = copy_folder(model_files['hf'], tmp_path / kind)
         os.remove(os.path.join(hf_dir, 'model.safetensors'))
         target = os.path.join(other, 'model.safetensors')
         if kind == 'link':
@@ -249,7 +190,7 @@ def test_reprepared_data_is_refused_by_every_reader(model_files, char_data, tmp_
     """The data prepared again from a corpus with one character swapped for another (same vocabulary size):
     sample.py (the checkpoint's data_dir, or --data_dir), evaluate.py and train.py --init_from=resume refuse it in
     one line; a checkpoint without a fingerprint (older, nanoGPT's) still samples."""
-    remapped = copy(char_data, tmp_path / 'remapped')
+    remapped = copy_folder(char_data, tmp_path / 'remapped')
     with open(os.path.join(remapped, 'meta.pkl'), 'rb') as f:
         meta = pickle.load(f)
     swapped = {i: ('#' if c == 'y' else c) for i, c in meta['itos'].items()}  # same size, ids now mean other chars
@@ -257,10 +198,10 @@ def test_reprepared_data_is_refused_by_every_reader(model_files, char_data, tmp_
     with open(os.path.join(remapped, 'meta.pkl'), 'wb') as f:
         pickle.dump(meta, f)
     assert dataset.fingerprint(meta) != dataset.fingerprint(dataset.load_meta(char_data))
-    run_dir = copy(model_files['pt'], tmp_path / 'run')
+    run_dir = copy_folder(model_files['pt'], tmp_path / 'run')
     ckpt = torch.load(os.path.join(run_dir, 'ckpt.pt'), weights_only=True)
     torch.save(dict(ckpt, config=dict(ckpt['config'], data_dir=remapped)), os.path.join(run_dir, 'ckpt.pt'))
-    old_run = copy(model_files['pt'], tmp_path / 'old')
+    old_run = copy_folder(model_files['pt'], tmp_path / 'old')
     ckpt['config'].pop('tokenizer')
     torch.save(ckpt, os.path.join(old_run, 'ckpt.pt'))
     commands = [
@@ -294,9 +235,7 @@ def test_fingerprint_names_the_vocabulary():
 def test_export_follows_the_umask(model_files, tmp_path):
     """safetensors writes 0600 whatever the umask; under umask 022 both exported files are 0644."""
     out = tmp_path / 'hf'
-    result = subprocess.run(['sh', '-c', 'umask 022 && exec "$0" "$@"', sys.executable,
-                             os.path.join(ROOT, 'export.py'), f"--out_dir={model_files['pt']}", f'--to={out}'],
-                            capture_output=True, text=True, timeout=120)
+    result = run('export.py', f"--out_dir={model_files['pt']}", f'--to={out}', preexec_fn=lambda: os.umask(0o022))
     assert result.returncode == 0, result.stderr
     for name in ('config.json', 'model.safetensors'):
         assert oct(os.stat(out / name).st_mode & 0o777) == oct(0o644), name

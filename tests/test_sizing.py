@@ -2,17 +2,17 @@
 FLOPs, the checklist, and the command line's errors."""
 import json
 import math
-import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 import checkpoint
+import machine
 import sizing
-from conftest import ROOT
+import training
+from configurator import configure
+from helpers import ROOT, assert_one_line_error, run
 from model import GPT, GPTConfig
 
 NO_DEVICES = []  # no time estimates: keeps the tests from measuring the CPU
@@ -22,20 +22,31 @@ def report_for(argv, device_memory=80 * 10 ** 9, devices=NO_DEVICES):
     return sizing.sizing_report(*sizing.resolve_config(argv), device_memory, devices)
 
 
-@pytest.mark.parametrize('preset, published', [
-    ('gpt2', 124_439_808),  # OpenAI's GPT-2 checkpoints, vocab 50257
-    ('gpt2-medium', 354_823_168),
-    ('gpt2-large', 774_030_080),
-    ('gpt2-xl', 1_557_611_200),
-    (f'{ROOT}/config/model_tinyllama_1b.py', 1_100_048_384),  # TinyLlama-1.1B (grouped-query attention, 4 key/value heads)
-    (f'{ROOT}/config/model_llama2_7b.py', 6_738_415_616),  # Llama-2-7B
-    (f'{ROOT}/config/model_mini_gpt.py', 131_392),  # the mini-GPT of the design notes
-])
-def test_parameter_total_is_the_published_count(preset, published):
-    argv = [preset] if preset.endswith('.py') else [f'--init_from={preset}']  # a preset file, or a GPT-2 name
-    parameters = report_for(argv)['parameters']
-    assert parameters['total'] == published
-    assert sum(row['count'] for row in parameters['rows']) == published
+# the published parameter counts: each of a shipped config/model_*.py and of the pretrained weights of that name
+PUBLISHED = [
+    ('gpt2', 'gpt2', 124_439_808),  # OpenAI's GPT-2 checkpoints, vocab 50257
+    ('gpt2_medium', 'gpt2-medium', 354_823_168),
+    ('gpt2_large', 'gpt2-large', 774_030_080),
+    ('gpt2_xl', 'gpt2-xl', 1_557_611_200),
+    ('tinyllama_1b', None, 1_100_048_384),  # TinyLlama-1.1B (grouped-query attention, 4 key/value heads)
+    ('llama2_7b', None, 6_738_415_616),  # Llama-2-7B
+    ('mini_gpt', None, 131_392),  # the mini-GPT of the design notes
+]
+
+
+@pytest.mark.parametrize('preset, pretrained, published', PUBLISHED)
+def test_parameter_total_is_the_published_count(preset, pretrained, published):
+    """sizing.py's report of the preset file (and of the pretrained weights' name), and the model of the preset
+    file's settings as train.py reads them, counted on the meta device."""
+    preset_file = f'{ROOT}/config/model_{preset}.py'
+    for argv in [[preset_file]] + ([[f'--init_from={pretrained}']] if pretrained else []):
+        parameters = report_for(argv)['parameters']
+        assert parameters['total'] == published
+        assert sum(row['count'] for row in parameters['rows']) == published
+    cfg = configure(training.DEFAULTS, [preset_file], training.TYPES_OF_NONE)
+    with torch.device('meta'):
+        model = GPT(GPTConfig(**{k: cfg[k] for k in checkpoint.MODEL_KEYS}))
+    assert sum(p.numel() for p in model.parameters()) == published
 
 
 def test_mini_gpt_table_matches_the_design_notes_layer_by_layer():
@@ -96,6 +107,70 @@ def test_memory_matches_a_hand_calculation():
     assert (mixed, recompute) == (3_252_224, 2_723_840)
     memory_line = [x for x in report['checklist'] if x['check'] == 'memory'][0]
     assert memory_line['status'] == 'warning' and 'recomputation' in memory_line['message']
+
+
+def test_training_state_is_what_adamw_keeps():
+    """sizing's training state, measured: after a step of train.py's AdamW on the mini-GPT, its fp32 weights, their
+    gradients and the optimizer's tensors (less its step counts) take exactly the bytes of sizing's fp32 state, and
+    the FSDP processes of the plan hold a share each of that same state."""
+    argv = [f'{ROOT}/config/model_mini_gpt.py', '--batch_size=2', '--gpus=4']
+    report = report_for(argv)
+    torch.manual_seed(0)
+    model = GPT(sizing.resolve_config(argv)[1])
+    optimizer = training.configure_optimizer(model, training.DEFAULTS, machine.Machine('cpu', 'float32', compile=False))
+    idx = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
+    model(idx, idx)[1].backward()
+    optimizer.step()
+    kept = [*model.parameters(), *(p.grad for p in model.parameters()),
+            *(t for state in optimizer.state.values() for name, t in state.items() if name != 'step')]
+    measured = sum(t.numel() * t.element_size() for t in kept)
+    assert next(t['state'] for t in report['memory']['training'] if t['variant'] == 'fp32') == measured
+    sharded = [row['state'] for row in report['plan']['rows'] if 'FSDP' in row['variant']]
+    assert len(sharded) == 3 and all(state * 4 == measured for state in sharded)
+
+
+def test_state_per_gpu_of_gpt2_xl_by_hand():
+    """GPT-2 XL (1,557,611,200 parameters) finetuned, the state each GPU holds: DDP the whole of it, the fp32
+    weights, gradients and AdamW's two moments (16 bytes a parameter, as measured above) and autocast's bf16 weight
+    copies (2), plus on several GPUs the buckets DDP reduces the gradients from (4); FSDP a share of the fp32 state,
+    which CPU offload keeps in host memory instead."""
+    def state_per_gpu(gpus):
+        plan = report_for([f'{ROOT}/config/finetune_shakespeare.py', f'--gpus={gpus}'])['plan']
+        return {row['variant']: (row['state'], row['host_per_process']) for row in plan['rows']}
+    assert state_per_gpu(1) == {  # FSDP without offload shards nothing on one GPU: not a row
+        'DDP': (28_037_001_600, 0),  # 18 bytes a parameter
+        'DDP + activation checkpointing': (28_037_001_600, 0),
+        'FSDP + CPU offload + activation checkpointing': (24_921_779_200, 24_921_779_200),  # 16 bytes, on the host
+    }
+    assert state_per_gpu(2) == {
+        'DDP': (34_267_446_400, 0),  # 22 bytes
+        'FSDP': (12_460_889_600, 0),  # 8 bytes: half of 16
+        'DDP + activation checkpointing': (34_267_446_400, 0),
+        'FSDP + activation checkpointing': (12_460_889_600, 0),
+        'FSDP + CPU offload + activation checkpointing': (12_460_889_600, 12_460_889_600),
+    }
+    assert state_per_gpu(8)['DDP'] == (34_267_446_400, 0) and state_per_gpu(8)['FSDP'] == (3_115_222_400, 0)  # 2 bytes
+
+
+@pytest.mark.parametrize('argv, best, command_has', [
+    (['config/finetune_shakespeare.py', '--gpus=1', '--device_memory=24GB'],
+     'FSDP + CPU offload + activation checkpointing', '--nproc_per_node=1 train.py config/finetune_shakespeare.py '
+                                                     '--parallel=fsdp --cpu_offload=True --activation_checkpointing=True'),
+    (['config/finetune_shakespeare.py', '--gpus=2', '--device_memory=24GB'], 'FSDP', '--nproc_per_node=2'),
+    (['config/finetune_shakespeare.py', '--gpus=8', '--device_memory=80GB'], 'DDP', '--nproc_per_node=8 train.py '
+                                                                                    'config/finetune_shakespeare.py'),
+    (['config/model_llama2_7b.py', '--batch_size=1', '--gradient_accumulation_steps=8', '--gpus=8',
+      '--device_memory=80GB'], 'FSDP', 'train.py config/model_llama2_7b.py --batch_size=1'),
+])
+def test_sizing_plans_the_parallelism(argv, best, command_has):
+    """The README's cases: GPT-2 XL full finetuning on 1 x 24 GB (only CPU offload fits), 2 x 24 GB (FSDP),
+    8 x 80 GB (DDP fits, the fastest); Llama-2-7B on 8 x 80 GB (FSDP). The command repeats the config file as given:
+    relative to the repository, where the tests run."""
+    config, model_config, errors = sizing.resolve_config(argv)
+    report = sizing.sizing_report(config, model_config, errors, sizing.parse_memory(argv[-1].split('=')[1]), [],
+                                  argv=argv)
+    assert report['plan']['best'] == best
+    assert command_has in report['plan']['command']
 
 
 def manual_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, enable_gqa=False):
@@ -207,15 +282,13 @@ def test_resume_and_pretrained_fix_the_architecture_as_train_py_does(tmp_path):
     assert report_for([f'{ROOT}/config/model_tinyllama_1b.py', '--n_kv_head=8'])['model']['n_kv_head'] == 8
 
 
-def test_vocab_comes_from_the_dataset_as_in_train_py(tmp_path):
-    with open(tmp_path / 'meta.pkl', 'wb') as f:
-        pickle.dump({'vocab_size': 65, 'tokenizer': 'char', 'stoi': {}, 'itos': {}}, f)
-    config, model_config, _ = sizing.resolve_config([f'--data_dir={tmp_path}'])
-    assert config['vocab_size'] == model_config.vocab_size == 65
-    report = report_for([f'--data_dir={tmp_path}', '--vocab_size=50'])
+def test_vocab_comes_from_the_dataset_as_in_train_py(char_data):
+    config, model_config, _ = sizing.resolve_config([f'--data_dir={char_data}'])
+    assert config['vocab_size'] == model_config.vocab_size == 46  # make_text's characters
+    report = report_for([f'--data_dir={char_data}', '--vocab_size=40'])
     assert not report['ok']
     assert [x['check'] for x in report['checklist']] == ['vocab']
-    assert "vocab_size=50 is smaller than the dataset's 65 tokens" in report['checklist'][0]['message']
+    assert "vocab_size=40 is smaller than the dataset's 46 tokens" in report['checklist'][0]['message']
     assert sizing.resolve_config(['--dataset=no_such_dataset'])[1].vocab_size == 50304
 
 
@@ -257,11 +330,10 @@ def test_unknown_peak_gives_no_time_estimate(monkeypatch, capsys):
 
 
 def test_invalid_config_prints_checklist_errors_and_exits_nonzero():
-    result = subprocess.run([sys.executable, 'sizing.py', '--n_embd=100', '--n_head=12', '--norm=batchnorm',
-                             '--device_memory=1GB'], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    result = run('sizing.py', '--n_embd=100', '--n_head=12', '--norm=batchnorm', '--device_memory=1GB')
+    assert_one_line_error(result, 'the config has 2 error(s)')
     errors = [l for l in result.stdout.splitlines() if l.strip().startswith('error')]
     assert len(errors) == 2
     assert any('n_embd=100 is not divisible by n_head=12' in l for l in errors)
     assert any("norm='batchnorm'" in l for l in errors)
-    assert result.stderr.startswith('error: the config has 2 error(s)') and 'Traceback' not in result.stderr
+    assert result.stderr.startswith('error: the config has 2 error(s)')

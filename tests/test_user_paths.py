@@ -10,8 +10,6 @@ scripts call it.
 import errno
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,100 +18,31 @@ import torch
 import checkpoint
 import train
 from configurator import cli
-from conftest import ROOT, gpt2_encoding, make_text
+from helpers import (BENCH, MODEL, RUN, TINY, Exploit, assert_one_line_error, copy_checkpoint, gpt2_encoding,
+                     make_text, run, run_all, write_char_dataset)
 from model import GPT, GPTConfig
 
-MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16']
-RUN = ['--device=cpu', '--compile=False', '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=1',
-       '--eval_interval=4', '--max_iters=4', '--warmup_iters=0', '--lr_decay_iters=4', '--dataset=tiny']
-TINY = MODEL + RUN
-BENCH = ['--steps=1', '--warmup=0', '--generate_tokens=0', '--prompt_tokens=8']
 SEPARATOR = '---------------'
 
 
-def start(script, *argv, cwd=ROOT, env=None):
-    """A script started as a user starts it: a fresh Python process (one torch thread: several run side by side)."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, argv)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process, timeout=120):
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def run(script, *argv, **kwargs):
-    return finish(start(script, *argv, **kwargs))
-
-
-def run_all(*commands):
-    """Run the commands, each (script, *argv), side by side; their results in order."""
-    return [finish(p) for p in [start(*command) for command in commands]]
-
-
-def assert_one_line_error(result, *words):
-    """Exit code 1 and a single `error: ...` line on stderr that contains each of words."""
-    where = f"{' '.join(result.args[1:])}\nexit {result.returncode}, stderr:\n{result.stderr}"
-    assert result.returncode == 1, where
-    assert 'Traceback' not in result.stderr, where
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), where
-    for word in words:
-        assert word in lines[0], f'{word!r} missing from: {lines[0]}'
-
-
-def write_char_data(path, text):
-    """A character-level dataset in nanoGPT's format: uint16 bins and a meta.pkl of plain pickle.dump."""
-    os.makedirs(path, exist_ok=True)
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    n = len(ids) * 9 // 10
-    ids[:n].tofile(os.path.join(path, 'train.bin'))
-    ids[n:].tofile(os.path.join(path, 'val.bin'))
-    with open(os.path.join(path, 'meta.pkl'), 'wb') as f:
-        pickle.dump({'vocab_size': len(chars), 'stoi': stoi, 'itos': dict(enumerate(chars))}, f)
-    return str(path)
-
-
-def bins_with(meta_bytes, char_data, path):
-    """A dataset folder holding char_data's bins and the given meta.pkl."""
+def bins_with(meta_bytes, data_dir, path):
+    """A dataset folder holding data_dir's bins and the given meta.pkl."""
     os.makedirs(path)
     for name in ('train.bin', 'val.bin'):
-        os.link(os.path.join(char_data, name), os.path.join(path, name))
+        os.link(os.path.join(data_dir, name), os.path.join(path, name))
     with open(os.path.join(path, 'meta.pkl'), 'wb') as f:
         f.write(meta_bytes)
     return str(path)
 
 
 @pytest.fixture(scope='module')
-def char_data(tmp_path_factory):
-    # with digits, so that a prompt such as 1984 can be encoded
-    return write_char_data(tmp_path_factory.mktemp('char'), make_text(20_000) + '\nIn 1984, and 2024.\n')
-
-
-@pytest.fixture(scope='module')
-def trained(char_data, tmp_path_factory):
+def trained(nanogpt_data, tmp_path_factory):
     """The out_dir of a tiny run of train.py on nanoGPT-format data, started in another folder with
     --out_dir=2024: a number-like value of a string key."""
     cwd = tmp_path_factory.mktemp('cwd')
-    result = run('train.py', '--out_dir=2024', f'--data_dir={char_data}', *TINY, cwd=cwd)
+    result = run('train.py', '--out_dir=2024', f'--data_dir={nanogpt_data}', *TINY, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return str(cwd / '2024')
-
-
-def copy_checkpoint(src_dir, dst_dir, edit):
-    """dst_dir/ckpt.pt: the checkpoint of src_dir after edit(ckpt) changed it."""
-    ckpt = torch.load(os.path.join(src_dir, 'ckpt.pt'), weights_only=True)
-    edit(ckpt)
-    os.makedirs(dst_dir, exist_ok=True)
-    torch.save(ckpt, os.path.join(dst_dir, 'ckpt.pt'))
-    return str(dst_dir)
 
 
 def samples_of(stdout):
@@ -125,21 +54,12 @@ def samples_of(stdout):
 # meta.pkl runs no code, and a damaged one is named
 
 
-class Exploit:
-    """Pickles to a call: what pickle.load would make."""
-
-    def __init__(self, func, arg):
-        self.func, self.arg = func, arg
-
-    def __reduce__(self):
-        return self.func, (self.arg,)
-
-
-def test_meta_pkl_that_would_run_code_is_refused_by_every_script(char_data, trained, tmp_path):
+def test_meta_pkl_that_would_run_code_is_refused_by_every_script(nanogpt_data, trained, tmp_path):
     marker = tmp_path / 'MARKER'
-    system = bins_with(pickle.dumps({'vocab_size': 60, 'stoi': Exploit(os.system, f'touch {marker}')}), char_data,
-                       tmp_path / 'system')
-    exec_ = bins_with(pickle.dumps(Exploit(exec, f'open({str(marker)!r}, "w").close()')), char_data, tmp_path / 'exec')
+    system = bins_with(pickle.dumps({'vocab_size': 60, 'stoi': Exploit(os.system, f'touch {marker}')}),
+                       nanogpt_data, tmp_path / 'system')
+    exec_ = bins_with(pickle.dumps(Exploit(exec, f'open({str(marker)!r}, "w").close()')), nanogpt_data,
+                      tmp_path / 'exec')
 
     def pointing_to(data_dir):
         def edit(ckpt):
@@ -162,14 +82,14 @@ def test_meta_pkl_that_would_run_code_is_refused_by_every_script(char_data, trai
     assert not os.path.exists(tmp_path / 'out')
 
 
-def test_damaged_meta_pkl_is_one_line(char_data, trained, tmp_path):
-    with open(os.path.join(char_data, 'meta.pkl'), 'rb') as f:
+def test_damaged_meta_pkl_is_one_line(nanogpt_data, trained, tmp_path):
+    with open(os.path.join(nanogpt_data, 'meta.pkl'), 'rb') as f:
         meta_bytes = f.read()
     meta = pickle.loads(meta_bytes)
-    half = bins_with(meta_bytes[:len(meta_bytes) // 2], char_data, tmp_path / 'half')
-    no_vocab = bins_with(pickle.dumps({k: v for k, v in meta.items() if k != 'vocab_size'}), char_data,
+    half = bins_with(meta_bytes[:len(meta_bytes) // 2], nanogpt_data, tmp_path / 'half')
+    no_vocab = bins_with(pickle.dumps({k: v for k, v in meta.items() if k != 'vocab_size'}), nanogpt_data,
                          tmp_path / 'no_vocab')
-    no_tables = bins_with(pickle.dumps({'vocab_size': meta['vocab_size']}), char_data, tmp_path / 'no_tables')
+    no_tables = bins_with(pickle.dumps({'vocab_size': meta['vocab_size']}), nanogpt_data, tmp_path / 'no_tables')
 
     def train_on(data_dir):
         return 'train.py', f'--data_dir={data_dir}', f'--out_dir={tmp_path}/out', *TINY
@@ -223,14 +143,14 @@ def test_padding_ids_of_a_gpt2_vocabulary_are_never_sampled(tmp_path):
     assert len(samples) == 4 and all(s.startswith('Hello') and len(s) > len('Hello') for s in samples)
 
 
-def test_exported_char_model_samples_with_the_char_tokenizer(char_data, trained, tmp_path):
+def test_exported_char_model_samples_with_the_char_tokenizer(nanogpt_data, trained, tmp_path):
     hf_dir = tmp_path / 'hf'
     result = run('export.py', f'--out_dir={trained}', f'--to={hf_dir}')
     assert result.returncode == 0, result.stderr
-    result = run('sample.py', f'--init_from={hf_dir}', f'--data_dir={char_data}', '--device=cpu', '--num_samples=2',
-                 '--max_new_tokens=40', '--start=the')
+    result = run('sample.py', f'--init_from={hf_dir}', f'--data_dir={nanogpt_data}', '--device=cpu',
+                 '--num_samples=2', '--max_new_tokens=40', '--start=the')
     assert result.returncode == 0, result.stderr
-    with open(os.path.join(char_data, 'meta.pkl'), 'rb') as f:
+    with open(os.path.join(nanogpt_data, 'meta.pkl'), 'rb') as f:
         vocabulary = set(pickle.load(f)['stoi'])
     text = ''.join(samples_of(result.stdout))
     assert len(text) >= 40 and set(text) <= vocabulary  # GPT-2's BPE would decode to other characters
@@ -268,7 +188,7 @@ def test_tiny_temperature_is_greedy(trained):
 # bad input through every script is one line
 
 
-def test_broken_checkpoint_is_one_line_in_every_script(char_data, trained, tmp_path):
+def test_broken_checkpoint_is_one_line_in_every_script(nanogpt_data, trained, tmp_path):
     empty = tmp_path / 'empty'
     os.makedirs(empty)
     (empty / 'ckpt.pt').write_bytes(b'')
@@ -283,10 +203,10 @@ def test_broken_checkpoint_is_one_line_in_every_script(char_data, trained, tmp_p
         return 'export.py', f'--out_dir={run_dir}', f'--to={tmp_path}/hf'
 
     def sizing(run_dir):
-        return 'sizing.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={char_data}'
+        return 'sizing.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={nanogpt_data}'
 
     def resume(run_dir):
-        return 'train.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={char_data}', *RUN
+        return 'train.py', f'--out_dir={run_dir}', '--init_from=resume', f'--data_dir={nanogpt_data}', *RUN
     cases = [
         *[(command(empty), [f'{empty}/ckpt.pt is unreadable or corrupt', 'restore it'])
           for command in (sample, export, sizing, resume)],
@@ -301,15 +221,15 @@ def test_broken_checkpoint_is_one_line_in_every_script(char_data, trained, tmp_p
 
 
 def test_bad_bins_are_one_line(tmp_path):
-    beyond = write_char_data(tmp_path / 'beyond', make_text(5_000))
+    beyond = write_char_dataset(tmp_path / 'beyond', make_text(5_000), nanogpt=True)
     with open(os.path.join(beyond, 'meta.pkl'), 'rb') as f:
         vocab_size = pickle.load(f)['vocab_size']
     for name in ('train.bin', 'val.bin'):  # the bins of a larger vocabulary beside this meta.pkl
         path = os.path.join(beyond, name)
         (np.fromfile(path, dtype=np.uint16) + vocab_size).tofile(path)
-    empty = write_char_data(tmp_path / 'empty', make_text(5_000))
+    empty = write_char_dataset(tmp_path / 'empty', make_text(5_000), nanogpt=True)
     open(os.path.join(empty, 'train.bin'), 'wb').close()
-    short = write_char_data(tmp_path / 'short', make_text(5_000))
+    short = write_char_dataset(tmp_path / 'short', make_text(5_000), nanogpt=True)
     np.zeros(10, dtype=np.uint16).tofile(os.path.join(short, 'val.bin'))
     cases = {
         beyond: ['.bin in', 'holds token id', f'has only {vocab_size} (ids 0..{vocab_size - 1})',
@@ -324,14 +244,14 @@ def test_bad_bins_are_one_line(tmp_path):
     assert not any(os.path.exists(os.path.join(data_dir, 'out', 'ckpt.pt')) for data_dir in cases)
 
 
-def test_bad_settings_are_one_line(char_data, tmp_path):
+def test_bad_settings_are_one_line(nanogpt_data, tmp_path):
     def train_with(*extra):
-        return ('train.py', f'--data_dir={char_data}', f'--out_dir={tmp_path}/out', *TINY, *extra)
+        return ('train.py', f'--data_dir={nanogpt_data}', f'--out_dir={tmp_path}/out', *TINY, *extra)
     cases = [
         (train_with('--seed=-1'), ['seed=-1 must be 0 or more']),
         (train_with('--grad_clip=-1'), ['grad_clip=-1.0 must be 0 or more', '0 disables clipping']),
         (train_with('--backend=foo'), ["backend='foo' is not one of auto, nccl, gloo"]),
-        (('bench.py', f'--data_dir={char_data}', *TINY, *BENCH, '--seed=-1'), ['seed=-1 must be 0 or more']),
+        (('bench.py', f'--data_dir={nanogpt_data}', *TINY, *BENCH, '--seed=-1'), ['seed=-1 must be 0 or more']),
         (('prepare.py', f'{tmp_path}/no_such.txt', f'--out_dir={tmp_path}/data'),
          [f'input {tmp_path}/no_such.txt does not exist', 'check the path']),
         (('data/shakespeare_char/prepare.py', f'--input={tmp_path}/no_such.txt'),
@@ -343,13 +263,13 @@ def test_bad_settings_are_one_line(char_data, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_wandb_that_cannot_start_is_one_line(char_data, tmp_path):
+def test_wandb_that_cannot_start_is_one_line(nanogpt_data, tmp_path):
     """Online wandb without an account fails at once (before the first step), not after a timeout."""
     pytest.importorskip('wandb')
     env = {'WANDB_MODE': 'online', 'WANDB_API_KEY': '', 'WANDB_BASE_URL': 'http://127.0.0.1:9',
            'WANDB_DIR': str(tmp_path), 'WANDB_CONFIG_DIR': str(tmp_path), 'WANDB_SILENT': 'true'}
-    result = finish(start('train.py', f'--data_dir={char_data}', f'--out_dir={tmp_path}/out', *TINY,
-                          '--wandb_log=True', env=env), timeout=30)
+    result = run('train.py', f'--data_dir={nanogpt_data}', f'--out_dir={tmp_path}/out', *TINY, '--wandb_log=True',
+                 env=env, timeout=30)
     assert_one_line_error(result, 'wandb_log=True, but wandb could not start', 'wandb login', 'WANDB_MODE=offline')
     assert 'iter 1:' not in result.stdout
 
@@ -366,16 +286,16 @@ def cli_error(capsys, main):
     return err
 
 
-def test_out_of_memory_points_to_sizing(char_data, tmp_path, monkeypatch, capsys):
+def test_out_of_memory_points_to_sizing(nanogpt_data, tmp_path, monkeypatch, capsys):
     def step(*args, **kwargs):
         raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
     monkeypatch.setattr(train, 'train_step', step)
-    err = cli_error(capsys, lambda: train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY]))
+    err = cli_error(capsys, lambda: train.main([f'--data_dir={nanogpt_data}', f'--out_dir={tmp_path}', *TINY]))
     assert 'out of memory on cpu' in err and '--batch_size' in err and 'sizing.py' in err
 
 
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(char_data, tmp_path, monkeypatch, capsys):
-    argv = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY]
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(nanogpt_data, tmp_path, monkeypatch, capsys):
+    argv = [f'--data_dir={nanogpt_data}', f'--out_dir={tmp_path}', *TINY]
     train.main(argv)
     path = tmp_path / 'ckpt.pt'
     before = path.read_bytes()
