@@ -130,9 +130,9 @@ def gpt2_args_from_hf(hf, source):
     """GPTConfig arguments for a Hugging Face GPT-2 config.json (a dict), refusing the options this GPT cannot
     compute exactly (each named with its value)."""
     if hf.get('model_type', 'gpt2') != 'gpt2':  # e.g. the Llama that export_hf writes
-        raise ValueError(f"{source} describes a {hf['model_type']!r} model: this project reads Hugging Face GPT-2 "
-                         'folders only; for a model exported by export.py, use the run it came from (--out_dir, '
-                         'init_from=resume) instead')
+        raise ValueError(f"{source} describes a {hf['model_type']!r} model, which this GPT cannot reproduce exactly: "
+                         f"model_type={hf['model_type']!r}; it reads Hugging Face GPT-2 folders only (for a model "
+                         'exported by export.py, use the run it came from: --out_dir, init_from=resume)')
     required = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')
     # field: (GPT2Config's default, the values this GPT reproduces)
     supported = {

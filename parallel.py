@@ -88,7 +88,9 @@ def init_shards(model, machine):
 def load_full(model, state_dict, from_rank0=False):
     """Full (unsharded) tensors into the shards; with from_rank0 only rank 0 passes them and they are broadcast."""
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-    state_dict = {k: v.to(dtypes[k]) for k, v in state_dict.items()}  # a broadcast needs the shards' dtype
+    # a broadcast sends the tensors' memory as it is: in the shards' dtype and contiguous (GPT-2's Conv1D weights
+    # arrive transposed, as views)
+    state_dict = {k: v.to(dtypes[k]).contiguous() for k, v in state_dict.items()}
     set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True,
                                                                      broadcast_from_rank0=from_rank0))
 
