@@ -405,9 +405,11 @@ def sample_compile(run, c):
                    '--compile=True', f'--device={run.device}'], env={'TORCH_LOGS': 'recompiles,graph_breaks'})
     recompiles, breaks = err.count('Recompiling function'), len(re.findall(r'Graph break', err))
     c.figures.update(recompiles=recompiles, graph_breaks=breaks)
-    if recompiles or breaks:
+    # at most 4 graphs whatever the length: the prefill, the first new token, the next ones (position dynamic) and
+    # the refill of a full cache (tests/test_compile.py); more is a recompilation per token
+    if recompiles > 3 or breaks:
         raise RuntimeError(f'{recompiles} recompilations, {breaks} graph breaks (log.txt has them)')
-    return 'compiled generation: no recompilation, no graph break'
+    return f'compiled generation: {recompiles + 1} graphs, no graph break'
 
 
 def train_variant(*extra):
