@@ -29,6 +29,7 @@ import torch
 import checkpoint
 import dataset
 import machine as machines
+import sampling
 from configurator import cli, configure
 from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE as TRAIN_TYPES_OF_NONE
 from training import configure_optimizer, setting_problems, tokens_per_iter, train_step
@@ -57,7 +58,7 @@ AUTO = {
     'cpu': dict(batch_size=1, block_size=256, steps=10, warmup=2, generate_tokens=100),
 }
 GENERATE_RUNS = 3  # timed generation runs, after one short warm-up run
-SAMPLING = dict(temperature=0.8, top_k=200, top_p=1.0)  # sample.py's defaults: decode as it does
+SAMPLING = {k: sampling.DEFAULTS[k] for k in ('temperature', 'top_k', 'top_p')}  # decode as sample.py does
 
 
 def check_settings(cfg):

@@ -4,8 +4,8 @@ every new token. The baseline of benchmarks/generate_speed.py as a whole process
 
     python benchmarks/sample_recompute.py --out_dir=out-shakespeare-char --num_samples=1 --max_new_tokens=500
 
-Same options and defaults as sample.py (those that apply), the same checkpoint and tokenizer loading
-(checkpoint.load_model, tokenizer.for_model), the same sampling; prints the samples when they are done.
+Same options and defaults as sample.py (sampling.py's, those that apply), the same checkpoint and tokenizer
+loading (checkpoint.load_model, tokenizer.for_model), the same sampling; prints the samples when they are done.
 """
 
 import os
@@ -17,15 +17,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 import checkpoint
-import machine
+import machine as machines
+import sampling
 import tokenizer as tokenizers
 from configurator import cli, configure
 from model import sample_next
-from sample import DEFAULTS as SAMPLE_DEFAULTS, TYPES_OF_NONE
 
-DEFAULTS = {k: SAMPLE_DEFAULTS[k] for k in ('out_dir', 'data_dir', 'start', 'num_samples', 'max_new_tokens',
-                                           'temperature', 'top_k', 'top_p', 'seed', 'device', 'dtype')}
-SEPARATOR = '---------------'  # printed after each sample, as sample.py does
+DEFAULTS = {k: sampling.DEFAULTS[k] for k in ('out_dir', 'data_dir', 'start', 'num_samples', 'max_new_tokens',
+                                             'temperature', 'top_k', 'top_p', 'seed', 'device', 'dtype')}
 
 
 @torch.no_grad()
@@ -43,27 +42,24 @@ def generate_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None, 
 
 
 def main(argv=None):
-    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, TYPES_OF_NONE)
-    if cfg['start'].startswith('FILE:'):
-        with open(cfg['start'][5:], encoding='utf-8') as f:
-            cfg['start'] = f.read()
-    m = machine.setup(cfg['device'], cfg['dtype'], compile=False)
+    cfg = configure(DEFAULTS, sys.argv[1:] if argv is None else argv, sampling.TYPES_OF_NONE)
+    machine = machines.setup(cfg['device'], cfg['dtype'], compile=False)
     model, source = checkpoint.load_model('resume', cfg['out_dir'])
     tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
-    model.eval().to(m.device)
+    model.eval().to(machine.device)
     torch.manual_seed(cfg['seed'])
-    prompt_ids = tokenizer.encode(cfg['start'])
+    prompt_ids = tokenizer.encode(sampling.read_prompt(cfg['start']))
     if not prompt_ids:
         raise ValueError('the prompt is empty: give one with --start=TEXT or --start=FILE:path')
-    idx = torch.tensor(prompt_ids, dtype=torch.long, device=m.device)[None].repeat(cfg['num_samples'], 1)
+    idx = torch.tensor(prompt_ids, dtype=torch.long, device=machine.device)[None].repeat(cfg['num_samples'], 1)
     t0 = time.time()
-    with m.autocast():
+    with machine.autocast():
         out = generate_recompute(model, idx, cfg['max_new_tokens'], cfg['temperature'], cfg['top_k'], cfg['top_p'],
                                  tokenizer.vocab_size)
     dt = time.time() - t0
     samples = [tokenizer.decode(row.tolist()) for row in out]
     for text in samples:
-        print(text + '\n' + SEPARATOR)
+        print(text + '\n' + sampling.SEPARATOR)
     print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
           f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s, recomputed)", file=sys.stderr)
     return samples

@@ -112,6 +112,9 @@ def test_recompute_baseline_matches_sample_py(tmp_path, capsys):
     recomputed = sample_recompute.main(argv)
     assert recomputed == cached and len(cached[0]) == len('To be') + 11
     assert '\n---------------\n' in capsys.readouterr().out  # sample.py's separator after each sample
+    (tmp_path / 'prompt.txt').write_text('To be')
+    from_file = [a if not a.startswith('--start=') else f'--start=FILE:{tmp_path / "prompt.txt"}' for a in argv]
+    assert sample_recompute.main(from_file) == cached  # a prompt file, read as sample.py reads it
 
 
 def test_generate_speed_in_process():
