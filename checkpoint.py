@@ -113,12 +113,11 @@ def architecture(cfg, meta, source):
     if source.model_args is None:
         return GPTConfig(**dict({k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size_for(cfg['vocab_size'], meta)))
     has = model_args(GPTConfig(**source.model_args), full=True)
-    given = getattr(cfg, 'given', ())
     for key in LOCKED_KEYS:
-        if key in given and cfg[key] != has[key] and not (cfg[key] is None and key in ('d_ff', 'n_kv_head')):
+        if key in cfg.given and cfg[key] != has[key] and not (cfg[key] is None and key in ('d_ff', 'n_kv_head')):
             raise ValueError(f'{key}={cfg[key]!r} was asked for, but {source.name} has {key}={has[key]!r}: its '
                              f'architecture cannot change; drop --{key} or start with --init_from=scratch')
-    block_size = cfg['block_size'] if 'block_size' in given else has['block_size']
+    block_size = cfg['block_size'] if 'block_size' in cfg.given else has['block_size']
     if block_size > has['block_size']:
         raise ValueError(f"block_size={block_size} is larger than the {has['block_size']} of {source.name}: "
                          'a context can be cropped, not grown')
