@@ -43,12 +43,13 @@ def test_foreign_metrics_lines_are_skipped(char_data, tmp_path):
     assert result.returncode == 0, result.stderr
     with open(out / 'metrics.jsonl', 'a') as f:
         f.write('my note: lr looked too high\n{"iter": "2", "loss": 1.0}\n{"iter": 3, "loss": NaN}\n')
-    plot, resume = run_all(('plot.py', str(out), f'--out={tmp_path}/runs.png'),
+    plotted = copy_folder(out, tmp_path / 'plotted')  # resume rewrites metrics.jsonl: plot.py reads its own copy
+    plot, resume = run_all(('plot.py', str(plotted), f'--out={tmp_path}/runs.png'),
                            ('train.py', f'--data_dir={char_data}', f'--out_dir={out}', '--init_from=resume', *RUN,
                             '--max_iters=8'))
-    for result in (plot, resume):
+    for result, folder in ((plot, plotted), (resume, out)):
         assert result.returncode == 0, result.stderr
-        assert f'note: {out}/metrics.jsonl: skipped 2 lines that are not records of train.py' in result.stderr
+        assert f'note: {folder}/metrics.jsonl: skipped 2 lines that are not records of train.py' in result.stderr
     read_metrics(out)  # strict JSON: no NaN left
     assert 'my note' not in (out / 'metrics.jsonl').read_text()
 
