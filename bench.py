@@ -28,6 +28,7 @@ import torch
 
 import checkpoint
 import dataset
+import flops
 import machine as machines
 import sampling
 from configurator import cli, configure
@@ -199,11 +200,11 @@ def peak(cfg, machine):
     """(peak FLOP/s or None when unknown, where it comes from); measured here on a CPU, before the timed steps."""
     if cfg['peak_flops']:
         return cfg['peak_flops'], '--peak_flops'
-    flops = machine.peak_flops
-    if flops is None:
+    peak_flops = machine.peak_flops
+    if peak_flops is None:
         return None, f'unknown for {machines.device_name(machine.device)}: pass --peak_flops'
-    in_table = machine.device_type == 'cuda' and machines.gpu_table_peak(machines.device_name(machine.device))
-    return flops, 'gpu_peak_flops.csv' if in_table else f'measured {machine.dtype} matmul'
+    in_table = machine.device_type == 'cuda' and flops.gpu_table_peak(machines.device_name(machine.device))
+    return peak_flops, 'gpu_peak_flops.csv' if in_table else f'measured {machine.dtype} matmul'
 
 
 def bench(cfg, machine):

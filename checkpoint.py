@@ -19,7 +19,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule
 
 import dataset
 from atomic import atomic_path, save_failed
@@ -244,7 +243,7 @@ def load(path):
 
 
 def check_fields(ckpt, path):
-    """What train.py reads besides the model, checked; RNG states become a list, [] if they do not fit this torch."""
+    """What train.py reads besides the model and the RNG states (resume.py checks those), checked."""
     if ckpt.get('config') is None:
         ckpt['config'] = {}  # nanoGPT's checkpoints hold one; a stripped or hand-made one may not
     problems = [f'{key} is a {type(ckpt[key]).__name__}, not a dict' for key in ('config', 'optimizer', 'scaler')
@@ -257,32 +256,6 @@ def check_fields(ckpt, path):
     if problems:
         raise ValueError(f"checkpoint {path} is damaged or foreign: {'; '.join(problems)}; restore it, or start again "
                          'with --init_from=scratch')
-    states = ckpt.get('rng', [])
-    states = [states] if isinstance(states, dict) else states  # one dict: this project's first version
-    ckpt['rng'] = states if usable_rng_states(states) else []  # another torch or program wrote them
-
-
-def usable_rng_states(states):
-    """Whether `states`, a list of rng_state() dicts, fit this torch, numpy and Python."""
-    try:
-        return isinstance(states, list) and all(
-            s['torch'].dtype == torch.uint8 and s['torch'].shape == torch.get_rng_state().shape
-            and isinstance(s['cuda'], (list, torch.Tensor, type(None))) and s['numpy']['keys'].shape == (624,)
-            and isinstance(s['numpy']['pos'], int) and len(s['python']['state']) == 625 for s in states)
-    except (KeyError, TypeError, AttributeError):
-        return False
-
-
-def load_optimizer(ckpt, model, optimizer):
-    """The checkpoint's optimizer state into `optimizer`, from either format; False (it stays fresh) if it has none."""
-    if 'sharded' not in ckpt and not ckpt.get('optimizer'):
-        return False  # a checkpoint shared without it: the caller says that the optimizer starts fresh
-    if 'sharded' in ckpt or isinstance(model, FSDPModule):  # shards to read, or an FSDP model
-        import sharded_checkpoint
-        sharded_checkpoint.load_optimizer(ckpt, model, optimizer)
-    else:
-        optimizer.load_state_dict(ckpt['optimizer'])
-    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,18 +279,3 @@ def all_rng_states(world_size):
     states = [None] * world_size
     dist.all_gather_object(states, mine)
     return states
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    cuda = state['cuda']
-    if isinstance(cuda, list):  # older checkpoints: every visible GPU's; this process's own is at its index
-        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and \
-            torch.cuda.current_device() < len(cuda) else None
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda)
-    n = state['numpy']
-    keys = n['keys'].numpy().astype(np.uint32)
-    np.random.set_state((n['kind'], keys, n['pos'], n['has_gauss'], n['cached_gaussian']))
-    p = state['python']
-    random.setstate((p['version'], tuple(p['state']), p['gauss']))

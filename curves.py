@@ -1,8 +1,8 @@
 """
 Loss curves from metrics.jsonl: the series a run logged, and one picture of one run or several.
 
-    import curves, runlog
-    curves.draw([('out', runlog.read_records('out/metrics.jsonl'))], 'loss.png', x='tokens')
+    import curves, metrics
+    curves.draw([('out', metrics.read_records('out/metrics.jsonl'))], 'loss.png', x='tokens')
 
 train.py draws its out_dir/loss.png this way (in runlog.Log) and plot.py overlays runs. The picture has the losses
 (every logged step's, and the evaluations' train and val loss) on a log scale when they span a factor of 2 or more,

@@ -58,9 +58,7 @@ def run(cfg, machine):
     with checkpoint.master_first(machine):  # rank 0 downloads pretrained weights, the others read the cache
         model, source = checkpoint.load_model(cfg['init_from'], cfg['out_dir'])
     tokenizer = tokenizers.for_model(model, source, cfg['data_dir'])
-    hellaswag.check_tokenizer(tokenizer)  # before the download
-    with checkpoint.master_first(machine):
-        examples = hellaswag.load_examples(cfg['data'] or None, cfg['max_examples'])
+    examples = hellaswag.checked_examples(tokenizer, cfg['data'], machine, cfg['max_examples'])
     model.to(machine.device)
     t0 = time.time()
     result = hellaswag.evaluate(model, tokenizer, examples, machine, progress=True)

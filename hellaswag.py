@@ -22,8 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training import my_share
 from atomic import atomic_path
+from checkpoint import master_first
+from training import my_share
 
 DATA_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 
@@ -99,6 +100,21 @@ def check_tokenizer(tokenizer):
     if tokenizer.name != 'gpt2':
         raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one's is {tokenizer.name!r}: "
                          'evaluate a model trained on GPT-2 tokens (openwebtext, fineweb_edu, gpt2*)')
+
+
+def checked_examples(tokenizer, path, machine, max_examples=None):
+    """The examples, once the tokenizer is known to fit (before any download); rank 0 fetches them first."""
+    check_tokenizer(tokenizer)
+    with master_first(machine):
+        return load_examples(path or None, max_examples)
+
+
+def scorer(meta, path, machine):
+    """HellaSwag's score of a model, as a function, for train.py's evaluations during training."""
+    from tokenizer import Tokenizer
+    tokenizer = Tokenizer(meta)
+    examples = checked_examples(tokenizer, path, machine)
+    return lambda model: evaluate(model, tokenizer, examples, machine)
 
 
 def render(example, tokenizer, block_size):

@@ -17,7 +17,7 @@ import sys
 
 import curves
 from configurator import cli, configure
-from runlog import read_records
+from metrics import read_records
 
 DEFAULTS = {
     'out': 'runs.png',  # the picture to write

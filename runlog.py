@@ -10,8 +10,6 @@ loss.png is drawn from it (curves.py) after every evaluation (once the checkpoin
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 from atomic import atomic_path
 from configurator import one_line
@@ -27,7 +25,10 @@ class Log:
             return
         os.makedirs(cfg['out_dir'], exist_ok=True)
         path = os.path.join(cfg['out_dir'], 'metrics.jsonl')
-        kept = read_records(path, before=iter_num) if cfg['init_from'] == 'resume' else []
+        kept = []
+        if cfg['init_from'] == 'resume':  # the records up to its checkpoint stay
+            import metrics
+            kept = metrics.read_records(path, before=iter_num)
         with atomic_path(path) as tmp, open(tmp, 'w') as f:
             f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
         self.file = open(path, 'a')
@@ -62,7 +63,8 @@ class Log:
             return
         try:
             import curves  # here, not at the top: matplotlib takes a second to import, and a run without it trains
-            curves.draw([(self.label, read_records(self.file.name, quiet=True))], self.plot)
+            import metrics
+            curves.draw([(self.label, metrics.read_records(self.file.name, quiet=True))], self.plot)
             self.unplotted = False
         except Exception as e:
             print(f'warning: cannot draw {self.plot} ({type(e).__name__}: {e}); training goes on without it')
@@ -102,34 +104,6 @@ class Log:
             self.file.close()
         if self.wandb:
             self.wandb.finish()
-
-
-def read_records(path, before=math.inf, quiet=False):
-    """metrics.jsonl's records; for a run resumed at iteration `before`, its steps up to it and its evals before it
-    (it evaluates that iteration again). Lines that are not records are counted on stderr, but the last (a kill's)."""
-    lines = Path(path).read_text().split('\n') if os.path.exists(path) else []
-    records, foreign = [], 0
-    for i, line in enumerate(lines):
-        try:
-            r = record_of(line)
-        except ValueError:
-            foreign += bool(line.strip()) and i < len(lines) - 1  # not the last line: a kill cuts only that one
-            continue
-        if r['iter'] < before or (r['iter'] == before and 'loss' in r):
-            records.append(r)
-    if foreign and not quiet:
-        print(f'note: {path}: skipped {foreign} line{"s" * (foreign > 1)} that are not records of train.py',
-              file=sys.stderr)
-    return records
-
-
-def record_of(line):
-    """A metrics.jsonl line as a record (NaN and infinities, which an older version wrote, as null), or a ValueError."""
-    r = json.loads(line)
-    if not isinstance(r, dict) or type(r.get('iter')) is not int or r['iter'] < 0 or not all(
-            v is None or type(v) in (int, float) for k, v in r.items()):
-        raise ValueError('not a record')
-    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()}
 
 
 def start_wandb(cfg):

@@ -19,7 +19,7 @@ fix the architecture; a model preset is a config file (config/model_NAME.py). It
   --gpus=1               GPUs to train on: the plan gives the memory per GPU of DDP, FSDP, activation
                          checkpointing and CPU offload, and the command of the fastest that fits
 and train.py's --peak_flops, this machine's peak FLOP/s: 0 looks up the GPU or measures the CPU (a GPU
-missing from machine.GPU_PEAK_FLOPS gets no time estimate).
+missing from gpu_peak_flops.csv gets no time estimate).
 The exit code is 1 when the checklist has an error.
 """
 
@@ -33,6 +33,7 @@ import torch
 
 import checkpoint
 import dataset
+import flops
 import machine
 from configurator import cli, configure
 from model import GPT
@@ -353,11 +354,11 @@ def compute_report(model, config, mfu, devices):
 
 
 def local_device(peak_flops=0.0):
-    """(name, peak FLOP/s or None when unknown: a GPU missing from machine.GPU_PEAK_FLOPS, MPS) of the visible
+    """(name, peak FLOP/s or None when unknown: a GPU missing from gpu_peak_flops.csv, MPS) of the visible
     device; a CPU's is measured (~0.1 s)."""
     device = machine.resolve_device('auto')
     name = machine.device_name(device) if device == 'cuda' else f'this machine ({device})'
-    return name, peak_flops or machine.peak_flops(device, machine.resolve_dtype('auto', device))
+    return name, peak_flops or flops.peak_flops(device, machine.resolve_dtype('auto', device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ def main(argv=None):
         device_memory, source = parse_memory(config['device_memory']), '--device_memory'
     else:
         device_memory, source = visible_device_memory()
-    devices = [(name, dict(machine.GPU_PEAK_FLOPS)[name]) for name in REFERENCE_GPUS]
+    devices = [(name, dict(flops.GPU_PEAK_FLOPS)[name]) for name in REFERENCE_GPUS]
     if not errors:  # measuring the CPU takes a moment: only for a model that will be sized
         devices.append(local_device(config['peak_flops']))
     report = sizing_report(config, model_config, errors, device_memory, devices, source, argv)

@@ -89,7 +89,8 @@ def train(cfg, machine):
     optimizer = configure_optimizer(model, cfg, machine)
     iter_num, best_val_loss = 0, 1e9
     if ckpt is not None:
-        iter_num, best_val_loss = restore(ckpt, model, optimizer, scaler, cfg, machine)
+        import resume
+        iter_num, best_val_loss = resume.restore(ckpt, model, optimizer, scaler, cfg, machine)
     ckpt = None  # free the memory
     if machine.master:
         micro_steps = cfg.gradient_accumulation_steps // machine.world_size
@@ -99,44 +100,15 @@ def train(cfg, machine):
         print(f'model: {model.get_num_params() / 1e6:.2f}M parameters; {tokens_per_iter(cfg):,} tokens per iteration '
               f'({micro_steps} micro-steps x {machine.world_size} processes x {cfg.batch_size} x {cfg.block_size}); '
               f'from iteration {iter_num} to {cfg.max_iters}')
-    score_hellaswag = load_hellaswag(cfg, meta, machine) if cfg.hellaswag_interval else None
+    score_hellaswag = None
+    if cfg.hellaswag_interval:
+        import hellaswag
+        score_hellaswag = hellaswag.scorer(meta, cfg.hellaswag_data, machine)
     log = Log(cfg, machine, iter_num)
     try:
         return train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag)
     finally:
         log.close()
-
-
-def load_hellaswag(cfg, meta, machine):
-    """HellaSwag's score of a model, as a function, for the evaluations during training."""
-    import hellaswag
-    from tokenizer import Tokenizer
-    tokenizer = Tokenizer(meta)
-    hellaswag.check_tokenizer(tokenizer)
-    with checkpoint.master_first(machine):  # the master fetches the data, the others then read it
-        examples = hellaswag.load_examples(cfg.hellaswag_data or None)
-    return lambda model: hellaswag.evaluate(model, tokenizer, examples, machine)
-
-
-def restore(ckpt, model, optimizer, scaler, cfg, machine):
-    """Put the optimizer, the GradScaler and every process's random generators back as they were saved."""
-    trained_with = ckpt['config'].get('optimizer', 'adamw')  # nanoGPT's checkpoints: AdamW
-    if trained_with != cfg.optimizer:
-        raise ValueError(f'the checkpoint was trained with optimizer={trained_with!r}, whose state cannot go on with '
-                         f'{cfg.optimizer!r}: resume with --optimizer={trained_with}')
-    if not checkpoint.load_optimizer(ckpt, model, optimizer) and machine.master:
-        print(f"note: {cfg.out_dir}'s checkpoint has no optimizer state (a shared copy?): the optimizer starts fresh")
-    if ckpt.get('scaler'):
-        scaler.load_state_dict(ckpt['scaler'])
-    states = ckpt['rng']  # a list (checkpoint.load), empty if they do not fit this torch
-    if len(states) == machine.world_size:
-        checkpoint.set_rng_state(states[machine.rank])
-    else:  # another number of processes: the dropout streams cannot continue as they were
-        torch.manual_seed(cfg.seed + machine.rank + ckpt.get('iter_num', 0))
-        if machine.master:
-            print(f'note: the checkpoint has the random state of {len(states)} processes, this run has '
-                  f'{machine.world_size}: dropout draws new random numbers from here')
-    return ckpt.get('iter_num', 0), ckpt.get('best_val_loss', 1e9)
 
 
 def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag):

@@ -446,11 +446,11 @@ def evaluate(run, c):
 MATMUL = '''
 import sys, torch
 sys.path.insert(0, '.')
-import machine
+import flops
 device, n = sys.argv[1], int(sys.argv[2])
 dtype = torch.bfloat16 if device == 'cuda' else torch.float32
-measured = machine.measure_peak_flops(device, dtype, n=n)
-table = machine.gpu_table_peak(torch.cuda.get_device_name()) if device == 'cuda' else None
+measured = flops.measure_peak_flops(device, dtype, n=n)
+table = flops.gpu_table_peak(torch.cuda.get_device_name()) if device == 'cuda' else None
 print('MATMUL', measured, table)
 '''
 

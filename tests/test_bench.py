@@ -56,9 +56,9 @@ def test_real_data(char_data, capsys):
 
 
 def test_unknown_peak_shows_no_mfu(monkeypatch, capsys):
-    """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) is timed all the
+    """A device whose peak FLOP/s is unknown (a GPU missing from gpu_peak_flops.csv, MPS) is timed all the
     same: MFU is null in the JSON and '-' in the report."""
-    monkeypatch.setattr(bench.machines, 'peak_flops', lambda device, dtype: None)
+    monkeypatch.setattr(bench.flops, 'peak_flops', lambda device, dtype: None)
     result = bench.main(TINY + ['--synthetic=True', '--vocab_size=64', '--json=True', '--generate_tokens=0'])
     assert result['train']['mfu'] is None and result['train']['peak_tflops'] is None
     assert result['train']['tokens_per_s'] > 0

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import flops
 import machine
 
 
@@ -99,25 +100,25 @@ GPUS = [('NVIDIA H100 80GB HBM3', 989.4), ('NVIDIA H100 PCIe', 756.5), ('NVIDIA 
 def test_gpu_peak_table_matches_names_exactly(monkeypatch, name, tflops):
     """Defect 5: 'L4' matched L40 and L40S by substring, H200 NVL got the SXM's peak, B200 and others had none."""
     fake_cuda(monkeypatch, [], name=name)
-    assert machine.peak_flops('cuda:0', 'bfloat16') == pytest.approx(tflops * 1e12)
+    assert flops.peak_flops('cuda:0', 'bfloat16') == pytest.approx(tflops * 1e12)
 
 
 def test_unknown_gpus_are_measured_and_other_devices_unknown(monkeypatch):
     """A GPU missing from the table (or a variant such as a laptop's) gets a matmul measured on it, not no MFU."""
     measured = []
-    monkeypatch.setattr(machine, 'measure_peak_flops', lambda device, dtype, n: measured.append((str(device), dtype, n)) or 1e12)
+    monkeypatch.setattr(flops, 'measure_peak_flops', lambda device, dtype, n: measured.append((str(device), dtype, n)) or 1e12)
     for name in ('NVIDIA GeForce RTX 4090 Laptop GPU', 'NVIDIA RTX PRO 6000 Blackwell Server Edition'):
         fake_cuda(monkeypatch, [], name=name)
-        assert machine.peak_flops('cuda:0', 'bfloat16') == 1e12
+        assert flops.peak_flops('cuda:0', 'bfloat16') == 1e12
     assert measured == [('cuda:0', torch.bfloat16, 8192)] * 2
-    assert machine.peak_flops('mps', 'float32') is None
+    assert flops.peak_flops('mps', 'float32') is None
 
 
 def test_machine_peak_flops_is_decided_once_and_lazily(monkeypatch):
     """Machine.peak_flops: an explicit value wins and nothing is measured; otherwise measured on the first read
     only (sample.py never reads it, so never pays for it)."""
     calls = []
-    monkeypatch.setattr(machine, 'peak_flops', lambda device, dtype: calls.append(device) or 5e11)
+    monkeypatch.setattr(flops, 'peak_flops', lambda device, dtype: calls.append(device) or 5e11)
     for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'):
         monkeypatch.delenv(key, raising=False)
     assert machine.setup(device='cpu', dtype='float32', peak_flops=3e12).peak_flops == 3e12 and calls == []
@@ -130,7 +131,7 @@ def test_measuring_the_peak_leaves_the_global_generator_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    assert machine.measure_peak_flops('cpu', torch.float32, n=64) > 0
+    assert flops.measure_peak_flops('cpu', torch.float32, n=64) > 0
     assert machine.Machine('cpu', 'float32', False).peak_flops > 0  # the real measurement, through the Machine
     assert torch.equal(torch.rand(3), expected)
 

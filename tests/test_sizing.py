@@ -322,8 +322,8 @@ def test_json_output_is_the_report(capsys):
 
 
 def test_unknown_peak_gives_no_time_estimate(monkeypatch, capsys):
-    """A device whose peak FLOP/s is unknown (a GPU missing from machine.GPU_PEAK_FLOPS, MPS) shows no times."""
-    monkeypatch.setattr(sizing.machine, 'peak_flops', lambda device, dtype: None)
+    """A device whose peak FLOP/s is unknown (a GPU missing from gpu_peak_flops.csv, MPS) shows no times."""
+    monkeypatch.setattr(sizing.flops, 'peak_flops', lambda device, dtype: None)
     sizing.main([f'{ROOT}/config/model_mini_gpt.py', '--device_memory=1GB'])
     local = capsys.readouterr().out.split('this machine')[1].splitlines()[0]
     assert local.split() == ['(cpu)', 'unknown', '-', '-', '-']

@@ -8,6 +8,7 @@ import torch
 
 import checkpoint
 import dataset
+import flops
 import machine
 import train
 import training
@@ -260,7 +261,7 @@ def test_checkpoint_model_args_are_nanogpts_for_a_gpt2_architecture(nanogpt_data
 def test_training_runs_without_a_known_peak(nanogpt_data, tmp_path, monkeypatch, capsys):
     """A device with no known peak FLOP/s (MPS, a GPU missing from the table) trains, with MFU shown as '-';
     --peak_flops sets one."""
-    monkeypatch.setattr(machine, 'peak_flops', lambda device, dtype: None)
+    monkeypatch.setattr(flops, 'peak_flops', lambda device, dtype: None)
     train.main(small_run(nanogpt_data, tmp_path / 'a', '--max_iters=6'))
     steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith('iter ')]
     assert len(steps) == 6 and all('mfu -,' in line for line in steps)
