@@ -34,3 +34,31 @@ def test_batches_pin_one_contiguous_block_before_copying_to_the_gpu(char_data, m
     assert x.is_contiguous() and y.is_contiguous() and x.shape == (4, 16)
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
     assert x.dtype == y.dtype == torch.int64
+
+
+def test_rng_states_are_this_gpus_only_and_resume_with_fewer_gpus(monkeypatch):
+    """Defect 3 of issue 21: every visible GPU's RNG state was saved and all restored, so a resume seeing fewer
+    GPUs than the save failed with IndexError. A checkpoint holds the process's own GPU's state; an older
+    checkpoint's list of 8 restores this process's entry on a machine with 2 GPUs, and none past the list."""
+    import checkpoint
+    import resume
+    own = torch.full((16,), 7, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device='cuda': own)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state, device='cuda': restored.append(state))
+    [state] = checkpoint.all_rng_states(1)
+    assert state['cuda'] is own  # one tensor: this process's GPU, not a list of every visible one
+    assert resume.usable_rng_states([state])
+    resume.set_rng_state(state)
+    assert restored == [own]
+
+    eight = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 1)
+    resume.set_rng_state(dict(state, cuda=eight))  # saved on 8 GPUs, resumed as the process on GPU 1
+    assert restored[-1] is eight[1]
+    restored.clear()
+    resume.set_rng_state(dict(state, cuda=eight[:1]))  # saved on 1 GPU, this process is on GPU 1: nothing to restore
+    assert restored == []

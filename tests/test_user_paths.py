@@ -91,8 +91,8 @@ def test_damaged_meta_pkl_is_one_line(nanogpt_data, trained, tmp_path):
                          tmp_path / 'no_vocab')
     no_tables = bins_with(pickle.dumps({'vocab_size': meta['vocab_size']}), nanogpt_data, tmp_path / 'no_tables')
 
-    def train_on(data_dir):
-        return 'train.py', f'--data_dir={data_dir}', f'--out_dir={tmp_path}/out', *TINY
+    def train_on(data_dir):  # one out_dir each: the runs go side by side, and one run holds its folder
+        return 'train.py', f'--data_dir={data_dir}', f'--out_dir={tmp_path}/out-{os.path.basename(data_dir)}', *TINY
 
     def sample_with(data_dir):
         return 'sample.py', f'--out_dir={trained}', f'--data_dir={data_dir}', '--device=cpu'
@@ -104,7 +104,7 @@ def test_damaged_meta_pkl_is_one_line(nanogpt_data, trained, tmp_path):
     ]
     for result, (_, data_dir, words) in zip(run_all(*[command for command, _, _ in cases]), cases):
         assert_one_line_error(result, f'{data_dir}/meta.pkl', *words, 'prepare the dataset again')
-    assert not os.path.exists(tmp_path / 'out')
+    assert not list(tmp_path.glob('out-*'))
 
 
 # ----------------------------------------------------------------------------------------------
