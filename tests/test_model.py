@@ -254,20 +254,6 @@ def test_generation_never_waits_for_the_device(sampling):
     assert out.shape == (2, 35) and syncs.found == []
 
 
-def test_crop_block_size():
-    for variant in ('gpt2', 'rope'):
-        model = tiny_model(**VARIANTS[variant])
-        idx = torch.randint(0, 37, (1, 8))
-        before, _ = model(idx)
-        model.crop_block_size(8)
-        after, _ = model(idx)
-        assert model.config.block_size == 8 and torch.equal(before, after)
-        with pytest.raises(ValueError, match='block_size'):
-            model(torch.zeros(1, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match='cropped, not grown'):
-        tiny_model().crop_block_size(32)
-
-
 def test_configure_optimizers_decays_matrices_only():
     model = tiny_model(**VARIANTS['llama'])
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
