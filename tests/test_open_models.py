@@ -192,13 +192,10 @@ DAMAGES = {
 
 
 def test_damaged_folders_fail_in_one_line(tmp_path):
+    save_family(tmp_path / 'whole', 'qwen3')
     commands = []
     for i, how in enumerate(DAMAGES):
-        folder = tmp_path / f'm{i}'
-        if i == 0:
-            save_family(folder, 'qwen3')
-        else:
-            shutil.copytree(tmp_path / 'm0', folder)
+        folder = shutil.copytree(tmp_path / 'whole', tmp_path / f'm{i}')
         damage(folder, how)
         commands.append(('sample.py', f'--init_from={folder}', '--device=cpu', '--max_new_tokens=2'))
     for how, result in zip(DAMAGES, run_all(*commands)):
