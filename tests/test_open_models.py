@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import checkpoint
 import hf as hf_io
 from configurator import read_config_file
-from helpers import ROOT, assert_one_line_error, run, run_all, write_char_dataset
+from helpers import ROOT, assert_one_line_error, gpt2_encoding, read_metrics, run, run_all, write_char_dataset
 from model import GPT, GPTConfig
 
 transformers = pytest.importorskip('transformers', reason='transformers is the reference for these tests')
@@ -250,3 +250,62 @@ def test_preset_parameter_counts_equal_the_published_models(preset):
     assert sum(p.numel() for p in ours.parameters()) == published
     assert {k: v.shape for k, v in hf_io.llama_tensors(ours).items()} == \
         {k: v.shape for k, v in reference.state_dict().items() if not (options['tie_word_embeddings'] and k == 'lm_head.weight')}
+
+
+def test_finetune_under_ddp_and_fsdp_equals_one_process(char_data, tmp_path):
+    """A Qwen3 folder (its q/k norms inside the FSDP units) finetuned by torchrun's 2 processes, DDP and FSDP:
+    the losses of one process within fp32 rounding."""
+    save_family(tmp_path / 'qwen3', 'qwen3')
+
+    def train(out, *extra):
+        return ('train.py', f'--init_from={tmp_path / "qwen3"}', f'--data_dir={char_data}', f'--out_dir={out}',
+                '--device=cpu', '--dtype=float32', '--compile=False', '--batch_size=2', '--block_size=16',
+                '--gradient_accumulation_steps=4', '--max_iters=3', '--eval_interval=3', '--eval_iters=2',
+                '--log_interval=1', '--warmup_iters=0', '--learning_rate=1e-3', *extra)
+    commands = [train(tmp_path / 'one'), train(tmp_path / 'ddp'), train(tmp_path / 'fsdp', '--parallel=fsdp')]
+    results = [run(*command, processes=processes) for command, processes in zip(commands, (None, 2, 2))]
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    reference = losses(tmp_path / 'one')
+    for run_dir in ('ddp', 'fsdp'):
+        ours = losses(tmp_path / run_dir)
+        assert ours.keys() == reference.keys() and len(ours) == 3
+        assert all(abs(ours[k] - reference[k]) <= 1e-5 * reference[k] for k in reference), (run_dir, ours, reference)
+
+
+def losses(out_dir):
+    return {r['iter']: r['loss'] for r in read_metrics(out_dir) if 'loss' in r}
+
+
+def test_evaluate_scores_a_llama_folder_as_transformers_does(tmp_path):
+    """evaluate.py's HellaSwag rule (the context's GPT-2 tokens, then " " + each ending's; the ending with the
+    lowest summed / mean loss wins) on a Llama folder with GPT-2's vocabulary, recomputed here with transformers."""
+    enc = gpt2_encoding()
+    hf_model = save_family(tmp_path / 'llama', 'llama', vocab_size=50257, max_position_embeddings=64)
+    examples = [('A man is sitting on a roof. He', ['is using wrap to wrap a pair of skis.', 'is ripping level tiles off.',
+                                                   "is holding a rubik's cube.", 'starts pulling up roofing.'], 3),
+                ('We see a woman in a kitchen. She', ['cuts a cake.', 'bakes', 'washes her hands in the sink.',
+                                                      'leaves.'], 0),
+                ('A boy is running down a track. The boy', ['runs into a car.', 'gets in a mat.', 'lifts his body.',
+                                                           'stands on his hands and springs.'], 2)]
+    with open(tmp_path / 'val.jsonl', 'w') as f:
+        for ctx, endings, label in examples:
+            f.write(json.dumps({'ctx': ctx, 'endings': endings, 'label': label}) + '\n')
+    correct = correct_norm = 0
+    for ctx, endings, label in examples:
+        summed, mean = [], []
+        for ending in endings:
+            context, tail = enc.encode(ctx), enc.encode(' ' + ending)
+            tokens = torch.tensor([context + tail])
+            with torch.no_grad():
+                losses = torch.nn.functional.cross_entropy(hf_model(tokens[:, :-1]).logits[0], tokens[0, 1:],
+                                                           reduction='none')[len(context) - 1:]
+            summed.append(losses.sum().item())
+            mean.append(losses.mean().item())
+        correct += min(range(4), key=summed.__getitem__) == label
+        correct_norm += min(range(4), key=mean.__getitem__) == label
+    result = run('evaluate.py', f'--init_from={tmp_path / "llama"}', f'--data={tmp_path / "val.jsonl"}', '--json=True',
+                 '--device=cpu', '--dtype=float32')
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert (scores['n'], scores['acc'], scores['acc_norm']) == (3, correct / 3, correct_norm / 3)
