@@ -324,9 +324,9 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None, vocab_size=None):
         """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens with a KV cache (temperature=0 is
-        greedy). When the cache is full, the last block_size // 2 tokens are re-run as a fresh prefill: each token sees
-        at least half a context. on_token(tokens (B, 1)) is called after each step, for streaming; vocab_size limits
-        sampling to the ids a tokenizer decodes. Nothing here waits for the device: a GPU runs ahead."""
+        greedy). When the cache is full, the last block_size // 2 tokens are re-run as a fresh prefill: each token
+        sees at least half a context. on_token(tokens (B, 1)) is called after each step, for streaming; vocab_size
+        limits sampling to the ids a tokenizer decodes. Nothing here waits for the device: a GPU runs ahead."""
         was_training = self.training
         self.eval()
         block_size = self.config.block_size

@@ -503,10 +503,11 @@ def format_model(report):
     c, run = report['model'], report['run']
     kv = '' if c['n_kv_head'] == c['n_head'] else f", {c['n_kv_head']} key/value heads"
     init = '' if run['init_from'] == 'scratch' else f", init_from {run['init_from']}"
-    return [f"model: {c['n_layer']} layers, n_embd {c['n_embd']}, {c['n_head']} heads of {c['n_embd'] // c['n_head']}{kv}, "
+    return [f"model: {c['n_layer']} layers, n_embd {c['n_embd']}, {c['n_head']} heads of {c['head_size']}{kv}, "
             f"d_ff {c['d_ff']}, vocab {c['vocab_size']}, context {c['block_size']}",
             f"  {c['norm']}, {'rotary' if c['pos_emb'] == 'rope' else 'learned'} positions, {c['mlp']} MLP, "
-            f"{'biases' if c['bias'] else 'no biases'}, {'tied' if c['tie_embeddings'] else 'untied'} embeddings{init}"]
+            f"{'biases' if c['bias'] else 'q/k/v biases' if c['qkv_bias'] else 'no biases'}{', q/k norms' if c['qk_norm'] else ''}"
+            f"{', Llama 3 rope scaling' if c['rope_scaling'] else ''}, {'tied' if c['tie_embeddings'] else 'untied'} embeddings{init}"]
 
 
 def format_parameters(report):
