@@ -3,17 +3,17 @@
 # sharing 8 key/value heads; tied embeddings)
 n_layer = 28
 n_head = 16
-n_kv_head = 8
 head_size = 128
+n_kv_head = 8
 n_embd = 1024
 d_ff = 3072
-block_size = 40960
 vocab_size = 151936
+block_size = 40960
+rope_theta = 1000000.0
+pos_emb = 'rope'
 norm = 'rmsnorm'
 norm_eps = 1e-6
-pos_emb = 'rope'
-rope_theta = 1000000.0
+qk_norm = True
 mlp = 'swiglu'
 bias = False
-qk_norm = True
 tie_embeddings = True

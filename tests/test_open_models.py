@@ -227,35 +227,26 @@ def test_hub_id_from_the_hf_cache(tmp_path, monkeypatch):
         checkpoint.load_model('org/absent')
 
 
-PRESETS = {  # preset: (published parameter count, the transformers config of the published model)
-    'smollm2_135m': (134_515_008, 'LlamaConfig', dict(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)),
-    'qwen2_5_0_5b': (494_032_768, 'Qwen2Config', dict(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True)),
-    'qwen3_0_6b': (596_049_920, 'Qwen3Config', dict(
-        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)),
-    'llama3_2_1b': (1_235_814_400, 'LlamaConfig', dict(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=131072, tie_word_embeddings=True)),
-    'tinyllama_1b': (1_100_048_384, 'LlamaConfig', dict(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-        num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)),
-}
+# the published parameter counts of the models these presets describe
+PRESETS = {'smollm2_135m': 134_515_008, 'qwen2_5_0_5b': 494_032_768, 'qwen3_0_6b': 596_049_920,
+           'llama3_2_1b': 1_235_814_400, 'tinyllama_1b': 1_100_048_384}
 
 
 @pytest.mark.parametrize('preset', PRESETS)
 def test_preset_parameter_counts_equal_the_published_models(preset):
-    published, config_class, options = PRESETS[preset]
+    """The preset as our GPT and, through the config.json that export writes for it, as transformers' model of
+    that architecture: both the published count, and the same tensor shapes under Hugging Face's names."""
+    config = GPTConfig(**read_config_file(os.path.join(ROOT, 'config', f'model_{preset}.py'), {}))
+    settings = hf_io.llama_config(config, hf_io.hf_layout(config), {})
     with torch.device('meta'):
-        reference = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**options))
-        ours = GPT(GPTConfig(**read_config_file(os.path.join(ROOT, 'config', f'model_{preset}.py'), {})))
-    assert sum(p.numel() for p in reference.parameters()) == published
-    assert sum(p.numel() for p in ours.parameters()) == published
+        ours = GPT(config)
+        reference = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(settings.pop('model_type'), **settings))
+    assert sum(p.numel() for p in reference.parameters()) == PRESETS[preset]
+    assert sum(p.numel() for p in ours.parameters()) == PRESETS[preset]
+    tied = {'lm_head.weight'} if config.tie_embeddings else set()
     assert {k: v.shape for k, v in hf_io.llama_tensors(ours).items()} == \
-        {k: v.shape for k, v in reference.state_dict().items() if not (options['tie_word_embeddings'] and k == 'lm_head.weight')}
+        {k: v.shape for k, v in reference.state_dict().items() if k not in tied}
 
 
 def test_finetune_under_ddp_and_fsdp_equals_one_process(char_data, tmp_path):
