@@ -71,7 +71,7 @@ class GPTConfig:
         if out:
             return out  # the checks below assume the right types
         for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'n_kv_head', 'rope_theta',
-                     'norm_eps') + (('head_size',) if self.head_size else ()):
+                     'norm_eps') + (('head_size',) if self.head_size or (self.n_head > 0 and self.n_embd % self.n_head == 0) else ()):
             if getattr(self, name) <= 0:
                 out.append(f'{name}={getattr(self, name)} must be positive')
         if not 0.0 <= self.dropout < 1.0:
@@ -83,7 +83,7 @@ class GPTConfig:
         for name, allowed in (('norm', NORMS), ('pos_emb', POS_EMBS), ('mlp', MLPS)):
             if getattr(self, name) not in allowed:
                 out.append(f"{name}={getattr(self, name)!r} is not an option: use one of {', '.join(map(repr, allowed))}")
-        if self.n_head > 0 and self.n_embd > 0 and not self.head_size:
+        if self.n_head > 0 and self.n_embd > 0 and not self.head_size and self.n_embd % self.n_head:
             near = sorted((h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0), key=lambda h: abs(h - self.n_head))[:2]
             out.append(f'n_embd={self.n_embd} is not divisible by n_head={self.n_head}: '
                        f'choose n_head among {sorted(near)}, n_embd a multiple of {self.n_head} or a head_size')
