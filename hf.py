@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from atomic import atomic_path, inside
 from configurator import one_line, read_config_file
+from model import GPTConfig
 
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')  # organization/name, e.g. HuggingFaceTB/SmolLM2-135M
@@ -68,9 +69,7 @@ def model_args(init_from):
     or a folder's (or hub id's) config.json, whichever supported family it describes."""
     if init_from in PRETRAINED:
         return gpt2_args(init_from)
-    folder = local_folder(init_from)
-    hf, source = hf_config(folder)
-    architecture = family(hf, source)
+    _, hf, source, architecture = open_folder(init_from)
     return gpt2_args_from_hf(hf, source) if architecture == GPT2_ARCHITECTURE else llama_args(hf, architecture, source)
 
 
@@ -80,13 +79,10 @@ def state_dict(init_from):
     bf16 model is never copied to float32."""
     if init_from in PRETRAINED:
         return gpt2_state_dict(gpt2_weight_files(init_from))
-    folder = local_folder(init_from, weights=True)
-    hf, source = hf_config(folder)
-    architecture = family(hf, source)
+    folder, hf, source, architecture = open_folder(init_from, weights=True)
     files = weight_files(folder, safetensors_only=architecture != GPT2_ARCHITECTURE)
     if architecture == GPT2_ARCHITECTURE:
         return gpt2_state_dict(files)
-    from model import GPTConfig
     names = llama_names(GPTConfig(**llama_args(hf, architecture, source)))
     dtype = DTYPES.get(hf.get('torch_dtype') or hf.get('dtype'))
     with contextlib.ExitStack() as stack:
@@ -111,6 +107,7 @@ def state_dict(init_from):
 
 
 def read_tensor(where, name, shape, folder):
+    """Tensor `name` of the open safetensors files, checked to be there with this shape."""
     if name not in where:
         raise ValueError(f'{folder} lacks the tensor {name} that its config.json implies: the files are incomplete, '
                          'or config.json does not belong to them; download or save the folder again')
@@ -118,7 +115,18 @@ def read_tensor(where, name, shape, folder):
     if found != shape:
         raise ValueError(f'{folder}: the tensor {name} has shape {found}, but its config.json implies {shape}: '
                          'the files were edited, or config.json does not belong to them')
-    return where[name].get_tensor(name)
+    try:
+        return where[name].get_tensor(name)
+    except Exception as e:  # a truncated file: its header promises more than it holds
+        raise ValueError(f'{folder}: the tensor {name} is unreadable ({one_line(e, 150)}): download or save the folder '
+                         'again') from None
+
+
+def open_folder(init_from, weights=False):
+    """(folder, config.json's settings, its path, the architecture it describes) of a folder or hub id."""
+    folder = local_folder(init_from, weights)
+    hf, source = hf_config(folder)
+    return folder, hf, source, family(hf, source)
 
 
 def hf_config(folder):
