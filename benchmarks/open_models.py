@@ -4,11 +4,12 @@ Open models (Llama, Qwen) against Hugging Face transformers, on random weights w
   load        a Llama-3.2-1B-shaped folder (bf16 model.safetensors, 1,235,814,400 parameters): wall time and peak
               RSS of a fresh process that loads it, checkpoint.load_model (as sample.py) against transformers'
               AutoModelForCausalLM.from_pretrained (its default dtype: the config's, bf16), alternating A B A B
-  generate    a SmolLM2-135M-shaped folder (fp32): greedy generation with the KV cache, batch 1, the same prompt
-              and length, model.generate against transformers' generate, in this process, alternating A B A B
+  generate    a SmolLM2-135M-shaped folder (fp32), and a tiny one (2 layers x 64, where per-token overhead, not
+              the weights' memory traffic, is the cost): greedy generation with the KV cache, batch 1, the same
+              prompt and length, model.generate against transformers' generate, in this process, A B A B
 
     flock /tmp/timing.lock python benchmarks/open_models.py                      # both, 3 runs each
-    flock /tmp/timing.lock python benchmarks/open_models.py --what=generate --new_tokens=128 --runs=3
+    flock /tmp/timing.lock python benchmarks/open_models.py --what=generate --shapes=tiny --new_tokens=128
 
 Medians and (min-max). The folders go to a temporary directory, removed at the end (--keep=DIR keeps them).
 """
@@ -34,6 +35,7 @@ DEFAULTS = dict(
     runs=3,  # A B pairs per measurement
     prompt_tokens=16,
     new_tokens=128,
+    shapes='tiny,smollm2_135m',  # the generate benchmark's models
     keep='',  # a folder to write the random models into and keep; '' uses a temporary one
 )
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -44,6 +46,9 @@ LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
                     tie_word_embeddings=True, rms_norm_eps=1e-5)
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+SHAPES = {'tiny': TINY, 'smollm2_135m': SMOLLM2_135M}
 # each load runs in a fresh process that prints its time and peak resident memory
 LOADERS = {
     'ours': 'import checkpoint; model, _ = checkpoint.load_model(FOLDER)',
@@ -119,10 +124,11 @@ def bench_generate(folder, runs, prompt_tokens, new_tokens):
             t0 = time.perf_counter()
             generate()
             rates[name].append(new_tokens / (time.perf_counter() - t0))
+    shape = os.path.basename(folder)
     for name, values in rates.items():
-        print(f'generate {name:12s}: {spread(values)} tokens/s')
+        print(f'generate {shape} {name:12s}: {spread(values)} tokens/s')
     ratio = statistics.median(rates['ours']) / statistics.median(rates['transformers'])
-    print(f'generate: ours / transformers = {ratio:.2f}x (median of each); the same tokens: {same}')
+    print(f'generate {shape}: ours / transformers = {ratio:.2f}x (median of each); the same tokens: {same}')
     return rates
 
 
@@ -135,8 +141,8 @@ def main():
         where = cfg['keep'] or tmp
         if 'load' in what:
             bench_load(write_random(os.path.join(where, 'llama3_2_1b'), LLAMA_3_2_1B, torch.bfloat16), cfg['runs'])
-        if 'generate' in what:
-            folder = write_random(os.path.join(where, 'smollm2_135m'), SMOLLM2_135M, torch.float32)
+        for shape in cfg['shapes'].split(',') if 'generate' in what else ():
+            folder = write_random(os.path.join(where, shape), SHAPES[shape], torch.float32)
             bench_generate(folder, cfg['runs'], cfg['prompt_tokens'], cfg['new_tokens'])
 
 
