@@ -78,8 +78,8 @@ def open_source(init_from, out_dir):
         ckpt = load(path)
         return Source('the checkpoint', path, ckpt['model_args'], ckpt)
     import hf  # path: a hub id's snapshot folder, where its config and tokenizer files are
-    return Source(init_from, hf.local_folder(init_from), hf.model_args(init_from),
-                  weights=lambda: hf.state_dict(init_from))
+    path = hf.local_folder(init_from)
+    return Source(init_from, path, hf.model_args(path), weights=lambda: hf.state_dict(init_from))
 
 
 def init_model(cfg, meta, machine):
