@@ -40,9 +40,9 @@ DEFAULTS = dict(
 )
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-                    tie_word_embeddings=True, rope_parameters=dict(rope_type='llama3', rope_theta=500000.0, factor=32.0,
-                                                                   low_freq_factor=1.0, high_freq_factor=4.0,
-                                                                   original_max_position_embeddings=8192))
+                    tie_word_embeddings=True, rope_theta=500000.0,
+                    rope_scaling=dict(rope_type='llama3', factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                      original_max_position_embeddings=8192))
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
                     tie_word_embeddings=True, rms_norm_eps=1e-5)

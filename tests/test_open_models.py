@@ -19,11 +19,12 @@ transformers = pytest.importorskip('transformers', reason='transformers is the r
 
 SMALL = dict(vocab_size=71, hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=24, bos_token_id=None, eos_token_id=None)
-LLAMA3_ROPE = dict(rope_type='llama3', rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=8)
+# transformers 4's keys, which 5 turns into its rope_parameters
+LLAMA3_ROPE = dict(rope_theta=500000.0, rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0,
+                                                          high_freq_factor=4.0, original_max_position_embeddings=8))
 FAMILIES = {  # name: (transformers config class, model class, extra config)
     'llama': ('LlamaConfig', 'LlamaForCausalLM', dict(rms_norm_eps=1e-5)),
-    'llama3_tied': ('LlamaConfig', 'LlamaForCausalLM', dict(rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True)),
+    'llama3_tied': ('LlamaConfig', 'LlamaForCausalLM', dict(**LLAMA3_ROPE, tie_word_embeddings=True)),
     'llama_bias': ('LlamaConfig', 'LlamaForCausalLM', dict(attention_bias=True, mlp_bias=True, num_key_value_heads=4)),
     'qwen2_tied': ('Qwen2Config', 'Qwen2ForCausalLM', dict(tie_word_embeddings=True)),
     'qwen3': ('Qwen3Config', 'Qwen3ForCausalLM', dict(head_dim=16)),  # head size 16, not 32 / 4
@@ -59,6 +60,7 @@ def test_logits_and_cached_generation_equal_transformers(tmp_path, family):
     hf_model = save_family(tmp_path, family)
     model, _ = checkpoint.load_model(str(tmp_path))
     assert model.config.qk_norm == (family == 'qwen3') and model.config.qkv_bias == family.startswith('qwen2')
+    assert model.config.rope_scaling == ((8.0, 1.0, 4.0, 8) if family == 'llama3_tied' else ())
     idx = context()
     with torch.no_grad():
         torch.testing.assert_close(all_logits(model, idx), hf_model(idx).logits, atol=1e-5, rtol=0)
