@@ -47,7 +47,7 @@ class GPTConfig:
     n_kv_head: int = None  # key/value heads; None means n_head (plain multi-head attention)
     head_size: int = None  # None means n_embd // n_head; Qwen3-0.6B has 16 heads of 128 for n_embd 1024
     qkv_bias: bool = False  # biases on the q, k, v projections even when bias=False (Qwen2)
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotary (Qwen3)
+    qk_norm: bool = False  # the model's norm on each head's queries and keys, before the rotary (Qwen3: RMSNorm)
     tie_embeddings: bool = True
 
     def __post_init__(self):
