@@ -141,11 +141,13 @@ def test_scripts_read_a_folder(tmp_path):
     train = ('train.py', f'--init_from={folder}', f'--data_dir={data}', f'--out_dir={out}', '--device=cpu',
              '--dtype=float32', '--batch_size=2', '--block_size=16', '--eval_iters=1', '--eval_interval=2',
              '--log_interval=1', '--learning_rate=1e-3', '--warmup_iters=0', '--compile=False')
-    sample, sizing, trained = run_all(
+    sample, sizing, trained, changed = run_all(
         ('sample.py', f'--init_from={folder}', f'--data_dir={data}', '--start=the king', '--max_new_tokens=5',
          '--temperature=0', '--device=cpu', '--dtype=float32', '--num_samples=1'),
         ('sizing.py', f'--init_from={folder}', '--json', '--device_memory=1GB'),
-        (*train, '--max_iters=2', '--gradient_accumulation_steps=1'))
+        (*train, '--max_iters=2', '--gradient_accumulation_steps=1'),
+        (*train, '--max_iters=1', '--n_head=2', f'--out_dir={tmp_path / "out2"}'))
+    assert_one_line_error(changed, 'n_head=2 was asked for', 'has n_head=4')
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith('the king')
     assert sizing.returncode == 0, sizing.stderr
@@ -157,8 +159,6 @@ def test_scripts_read_a_folder(tmp_path):
     resumed = run(*train, '--init_from=resume', '--max_iters=4', '--gradient_accumulation_steps=1')
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.load(str(out / 'ckpt.pt'))['iter_num'] == 4
-    changed = run(*train, '--max_iters=1', '--n_head=2', f'--out_dir={tmp_path / "out2"}')
-    assert_one_line_error(changed, 'n_head=2 was asked for', 'has n_head=4')
 
 
 def damage(folder, how):
