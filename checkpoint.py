@@ -5,7 +5,8 @@ Where a model comes from, and out_dir/ckpt.pt.
     model, source = checkpoint.load_model('resume', 'out')        # sample.py, evaluate.py, export.py
 
 init_from: 'scratch', 'resume' (out_dir's ckpt.pt, or FSDP's shards ckpt.dcp: sharded_checkpoint.py) or pretrained
-weights (hf.py). Their architecture is kept: only dropout may change, and block_size shrink (positions cropped).
+weights (hf.py: GPT-2, Llama, Qwen2 and Qwen3 folders and hub ids). Their architecture is kept: only dropout may
+change, and block_size shrink (positions cropped).
 ckpt.pt has nanoGPT's keys (model, optimizer, model_args, iter_num, best_val_loss, config: the resolved settings)
 and ours: rng (every process's generators), scaler. A GPT-2 model's model_args has nanoGPT's GPTConfig keys only,
 so nanoGPT's sample.py reads it. Loading never runs code.
@@ -52,8 +53,8 @@ def source_kind(init_from):
     import hf  # only runs that start from pretrained weights read Hugging Face files
     if hf.is_pretrained(init_from):
         return 'pretrained'
-    raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(hf.PRETRAINED)}, "
-                     'or a folder holding a Hugging Face GPT-2 checkpoint')
+    raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(hf.PRETRAINED)}, a "
+                     'Hugging Face folder (GPT-2, Llama, Qwen2, Qwen3) or hub id (organization/name)')
 
 
 @contextmanager
@@ -76,9 +77,9 @@ def open_source(init_from, out_dir):
         path = require_checkpoint(out_dir)
         ckpt = load(path)
         return Source('the checkpoint', path, ckpt['model_args'], ckpt)
-    import hf
-    return Source(init_from, init_from, hf.gpt2_args(init_from),
-                  weights=lambda: hf.gpt2_state_dict(hf.gpt2_weight_files(init_from)))
+    import hf  # path: a hub id's snapshot folder, where its config and tokenizer files are
+    path = hf.local_folder(init_from)
+    return Source(init_from, path, hf.model_args(path), weights=lambda: hf.state_dict(init_from))
 
 
 def init_model(cfg, meta, machine):
@@ -102,7 +103,8 @@ def load_model(init_from, out_dir='out'):
     if source.model_args is None:
         raise ValueError("init_from='scratch' has no weights to use: give 'resume' (with --out_dir), a GPT-2 name "
                          'or a Hugging Face folder')
-    model = GPT(GPTConfig(**source.model_args))
+    with torch.device('cpu' if 'sharded' in (source.ckpt or {}) else 'meta'):  # meta: weights taken as stored
+        model = GPT(GPTConfig(**source.model_args))
     load_weights(model, source)
     return model, source
 
@@ -113,7 +115,8 @@ def architecture(cfg, meta, source):
         return GPTConfig(**dict({k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size_for(cfg['vocab_size'], meta)))
     has = model_args(GPTConfig(**source.model_args), full=True)
     for key in LOCKED_KEYS:
-        if key in cfg.given and cfg[key] != has[key] and not (cfg[key] is None and key in ('d_ff', 'n_kv_head')):
+        derived = cfg[key] is None and key in ('d_ff', 'n_kv_head', 'head_size')  # None: the model's own
+        if key in cfg.given and cfg[key] != has[key] and not derived:
             raise ValueError(f'{key}={cfg[key]!r} was asked for, but {source.name} has {key}={has[key]!r}: its '
                              f'architecture cannot change; drop --{key} or start with --init_from=scratch')
     block_size = cfg['block_size'] if 'block_size' in cfg.given else has['block_size']
@@ -179,7 +182,7 @@ def load_weights(model, source):
         import sharded_checkpoint
         sharded_checkpoint.load_model(source.ckpt, model)
     else:
-        model.load_state_dict(checked_weights(model, source))
+        model.load_state_dict(checked_weights(model, source), assign=model.lm_head.weight.is_meta)
 
 
 # ----------------------------------------------------------------------------------------------

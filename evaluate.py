@@ -19,7 +19,7 @@ import tokenizer as tokenizers
 from configurator import cli, configure
 
 DEFAULTS = dict(
-    init_from='resume',  # 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a folder holding a Hugging Face GPT-2
+    init_from='resume',  # 'resume' (out_dir/ckpt.pt), 'gpt2*', or a Hugging Face folder or hub id (GPT-2, Llama, Qwen)
     out_dir='out',
     data_dir='',  # where the tokenizer (meta.pkl) lives; '' means the checkpoint's data (GPT-2 BPE for gpt2*)
     task='hellaswag',

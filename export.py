@@ -3,12 +3,14 @@ Export a checkpoint as a Hugging Face model folder (config.json + model.safetens
 loads with from_pretrained and runs with the same logits.
 
     python export.py --out_dir=out --to=hf/
+    python export.py --init_from=path/to/hf_folder --to=hf2/      # a Hugging Face folder (or hub id) again
     python -c "from transformers import AutoModelForCausalLM as M; print(M.from_pretrained('hf/'))"
 
 GPT-2-architecture models (LayerNorm, learned positions, GELU MLP, n_kv_head == n_head) become
 GPT2LMHeadModel; Llama-style models (RMSNorm, rotary positions, SwiGLU, grouped-query attention or not)
-become LlamaForCausalLM. Other mixes are refused: no Hugging Face architecture computes them.
-No tokenizer files are written (see the README for the one to add).
+become LlamaForCausalLM, or Qwen2ForCausalLM with q/k/v biases, Qwen3ForCausalLM with q/k norms. Other mixes
+are refused: no Hugging Face architecture computes them. A checkpoint's folder gets no tokenizer files (see the
+README for the one to add); a Hugging Face source's tokenizer files and token ids come along.
 """
 
 import os
@@ -19,6 +21,7 @@ from configurator import cli, configure
 from hf import GPT2_EOS, export_hf
 
 DEFAULTS = dict(
+    init_from='resume',  # 'resume' (out_dir's checkpoint), or a Hugging Face folder or hub id to write again
     out_dir='out',  # the training run to export: out_dir/ckpt.pt (or the shards in out_dir/ckpt.dcp)
     to='',  # the folder to write the Hugging Face model to
     force=False,  # replace a config.json / model.safetensors already in `to`
@@ -30,12 +33,14 @@ def main():
     if not config['to']:
         raise ValueError('say where to write the Hugging Face folder: --to=FOLDER, '
                          'e.g. python export.py --out_dir=out --to=hf/')
-    model, _ = checkpoint.load_model('resume', config['out_dir'])
-    layout = export_hf(model, config['to'], config['force'])
-    arch = {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM'}[layout]
+    model, source = checkpoint.load_model(config['init_from'], config['out_dir'])
+    hf_source = source.path if source.ckpt is None and os.path.isdir(source.path) else None  # not a GPT-2 name
+    arch = export_hf(model, config['to'], config['force'], hf_source)
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "
           f"{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters")
-    if model.config.vocab_size > GPT2_EOS:
+    if hf_source:
+        print(f'with the tokenizer files of {source.name}')
+    elif model.config.vocab_size > GPT2_EOS:
         print("add the GPT-2 tokenizer: AutoTokenizer.from_pretrained('openai-community/gpt2')"
               f".save_pretrained({config['to']!r})")
     else:

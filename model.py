@@ -1,13 +1,13 @@
 """
 The GPT language model, in one file.
 
-Defaults reproduce OpenAI's GPT-2 exactly (LayerNorm, learned positions, GELU MLP,
-tied embeddings). Modern options are plain GPTConfig fields picked at construction:
+Defaults reproduce OpenAI's GPT-2 exactly; modern options are plain GPTConfig fields picked at construction:
   norm='rmsnorm'       RMSNorm instead of LayerNorm               (Zhang & Sennrich 2019)
   pos_emb='rope'       rotary positions instead of a learned table (Su et al. 2021)
   mlp='swiglu'         gated SiLU MLP instead of GELU              (Shazeer 2020)
   n_kv_head < n_head   grouped-query / multi-query attention       (Ainslie et al. 2023)
   tie_embeddings=False a separate lm_head matrix
+  qkv_bias, qk_norm    biases on q/k/v only (Qwen2), RMSNorm on each head's q and k (Qwen3); rope_scaling: Llama 3's
 
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65))
@@ -25,9 +25,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-NORMS = ('layernorm', 'rmsnorm')
-POS_EMBS = ('learned', 'rope')
-MLPS = ('gelu', 'swiglu')
+NORMS, POS_EMBS, MLPS = ('layernorm', 'rmsnorm'), ('learned', 'rope'), ('gelu', 'swiglu')
 
 
 @dataclass
@@ -41,24 +39,26 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and norms, as GPT-2; False is a bit faster and often better
     norm: str = 'layernorm'
     pos_emb: str = 'learned'
+    norm_eps: float = 1e-5  # GPT-2's; Qwen's RMSNorm uses 1e-6
     rope_theta: float = 10000.0
+    rope_scaling: tuple = ()  # Llama 3's (factor, low_freq_factor, high_freq_factor, original context); () for none
     mlp: str = 'gelu'
     d_ff: int = None  # MLP hidden size; None means 4 * n_embd
     n_kv_head: int = None  # key/value heads; None means n_head (plain multi-head attention)
+    head_size: int = None  # None means n_embd // n_head; Qwen3-0.6B has 16 heads of 128 for n_embd 1024
+    qkv_bias: bool = False  # biases on the q, k, v projections even when bias=False (Qwen2)
+    qk_norm: bool = False  # the model's norm on each head's queries and keys, before the rotary (Qwen3: RMSNorm)
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        if self.d_ff is None:
-            self.d_ff = 4 * self.n_embd
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
+        self.d_ff = 4 * self.n_embd if self.d_ff is None else self.d_ff
+        self.n_kv_head = self.n_head if self.n_kv_head is None else self.n_kv_head
+        if self.head_size is None:  # n_embd / n_head; 0 when that is not whole (or not numbers): problems() says so
+            whole = type(self.n_embd) is type(self.n_head) is int and self.n_head > 0 and self.n_embd % self.n_head == 0
+            self.head_size = self.n_embd // self.n_head if whole else 0
         problems = self.problems()
         if problems:
             raise ValueError('invalid GPTConfig: ' + '; '.join(problems))
-
-    @property
-    def head_size(self):
-        return self.n_embd // self.n_head
 
     def problems(self):
         """Every problem with this config, each saying the field, the value and the fix."""
@@ -70,51 +70,58 @@ class GPTConfig:
                 out.append(f'{f.name}={value!r} must be of type {f.type.__name__}')
         if out:
             return out  # the checks below assume the right types
-        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'n_kv_head'):
+        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'n_kv_head', 'rope_theta',
+                     'norm_eps') + (('head_size',) if self.head_size or (self.n_head > 0 and self.n_embd % self.n_head == 0) else ()):
             if getattr(self, name) <= 0:
-                out.append(f'{name}={getattr(self, name)} must be a positive integer')
+                out.append(f'{name}={getattr(self, name)} must be positive')
         if not 0.0 <= self.dropout < 1.0:
             out.append(f'dropout={self.dropout} must be in [0, 1), e.g. 0.0 for pretraining or 0.1 for finetuning')
-        if self.rope_theta <= 0:
-            out.append(f'rope_theta={self.rope_theta} must be positive (10000.0 is the usual value)')
+        scaling = self.rope_scaling
+        if scaling and (len(scaling) != 4 or not all(type(v) in (int, float) and v > 0 for v in scaling) or scaling[1] >= scaling[2]):
+            out.append(f'rope_scaling={scaling!r} must be () or Llama 3\'s positive (factor, low_freq_factor, '
+                       'high_freq_factor, original context), low below high, e.g. (32.0, 1.0, 4.0, 8192)')
         for name, allowed in (('norm', NORMS), ('pos_emb', POS_EMBS), ('mlp', MLPS)):
             if getattr(self, name) not in allowed:
                 out.append(f"{name}={getattr(self, name)!r} is not an option: use one of {', '.join(map(repr, allowed))}")
-        if self.n_head > 0 and self.n_embd > 0 and self.n_embd % self.n_head:
+        if self.n_head > 0 and self.n_embd > 0 and not self.head_size and self.n_embd % self.n_head:
             near = sorted((h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0), key=lambda h: abs(h - self.n_head))[:2]
             out.append(f'n_embd={self.n_embd} is not divisible by n_head={self.n_head}: '
-                       f'choose n_head among {sorted(near)} or n_embd a multiple of {self.n_head}')
+                       f'choose n_head among {sorted(near)}, n_embd a multiple of {self.n_head} or a head_size')
         if self.n_head > 0 and self.n_kv_head > 0 and self.n_head % self.n_kv_head:
             divisors = [k for k in range(1, self.n_head + 1) if self.n_head % k == 0]
             out.append(f'n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: choose n_kv_head among {divisors}')
-        if self.pos_emb == 'rope' and self.n_head > 0 and self.n_embd % self.n_head == 0 and self.head_size % 2:
-            out.append(f'rotary positions need an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} = {self.head_size}: '
-                       f'change n_embd or n_head, or use pos_emb=\'learned\'')
+        if self.pos_emb == 'rope' and self.head_size % 2:
+            out.append(f'rotary positions need an even head size, but head_size = {self.head_size}: change n_embd, '
+                       'n_head or head_size, or use pos_emb=\'learned\'')
         return out
 
 
-def make_norm(config):
-    """GPT-2's LayerNorm (eps 1e-5, bias as config.bias), or RMSNorm (not in GPT-2: no centring, no bias; Llama)."""
+def make_norm(config, size=None):
+    """GPT-2's LayerNorm (bias as config.bias), or RMSNorm (not in GPT-2: no centring, no bias; Llama)."""
     if config.norm == 'layernorm':
-        return nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
-    return nn.RMSNorm(config.n_embd, eps=1e-5)
+        return nn.LayerNorm(size or config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return nn.RMSNorm(size or config.n_embd, eps=config.norm_eps)
 
 
 class Rotary(nn.Module):
     """Not in GPT-2: rotary position embeddings, applied to queries and keys, no parameters.
     Uses the half-split ("rotate_half") layout of Hugging Face's Llama, so exported weights need no permutation."""
 
-    def __init__(self, head_size, block_size, theta):
+    def __init__(self, head_size, block_size, theta, scaling=()):
         super().__init__()
-        self.theta = theta
-        self.register_buffer('cos', torch.empty(block_size, head_size), persistent=False)  # (T, hs)
-        self.register_buffer('sin', torch.empty(block_size, head_size), persistent=False)  # (T, hs)
+        self.theta, self.scaling = theta, scaling
+        for name in ('cos', 'sin'):
+            self.register_buffer(name, torch.empty(block_size, head_size), persistent=False)  # (T, hs)
         self.reset_tables()
 
     def reset_tables(self):
         """Fill the cos/sin tables (computed on the CPU, so that every device gets the same values)."""
         T, hs = self.cos.shape
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, hs, 2, dtype=torch.float32, device='cpu') / hs))
+        if self.scaling:  # Llama 3: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
+            factor, low, high, context = self.scaling
+            smooth = (context * inv_freq / (2 * math.pi) - low) / (high - low)  # context / wavelength, rescaled
+            inv_freq = torch.lerp(inv_freq / factor, inv_freq, smooth.clamp(0, 1))
         angles = torch.outer(torch.arange(T, dtype=torch.float32, device='cpu'), inv_freq)  # (T, hs/2)
         # both halves turn by the same angles; the first half's sine is negated so that the rotation is one addcmul
         self.cos.copy_(torch.cat((angles.cos(), angles.cos()), dim=-1))
@@ -122,8 +129,7 @@ class Rotary(nn.Module):
 
     def forward(self, x, start):
         # x: (B, nh, T, hs) at positions start..: (x1 cos - x2 sin, x2 cos + x1 sin) in 3 operations, not 7 (CPUs)
-        T = x.size(2)
-        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
+        cos, sin = (table[start:start + x.size(2)].to(x.dtype) for table in (self.cos, self.sin))
         x1, x2 = x.chunk(2, dim=-1)
         return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
@@ -133,15 +139,13 @@ class KVCache:
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (batch_size, config.n_kv_head, max_len, config.head_size)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.k, self.v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)] for _ in 'kv')
         self.max_len, self.pos = max_len, 0  # pos: how many positions are filled
 
     def update(self, layer, k, v):
         """Store this step's k, v for `layer` and return all keys and values so far."""
         end = self.pos + k.size(2)
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
+        self.k[layer][:, :, self.pos:end], self.v[layer][:, :, self.pos:end] = k, v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
@@ -151,17 +155,20 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
         self.layer_idx = layer_idx  # which of the KV cache's layers is this one's
         # query, key and value projections in one matmul; with grouped-query attention k and v are narrower
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size,
+                                bias=config.bias or config.qkv_bias)  # qkv_bias: not in GPT-2 nor Llama; Qwen2
+        self.c_proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
+        # not in GPT-2 nor Llama: each head's q and k RMS-normalized (Qwen3), which keeps attention logits bounded
+        self.q_norm, self.k_norm = (make_norm(config, config.head_size) if config.qk_norm else nn.Identity() for _ in 'qk')
         self.rotary = rotary  # shared by all layers; None for learned positions
         self.dropout = config.dropout
 
     def forward(self, x, kv_cache=None):
-        B, T, C = x.size()
+        B, T, _ = x.size()
         hs = self.head_size
         q, k, v = self.c_attn(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q = self.q_norm(q.view(B, T, self.n_head, hs)).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_norm(k.view(B, T, self.n_kv_head, hs)).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
         start = kv_cache.pos if kv_cache is not None else 0
         if self.rotary is not None:
@@ -169,7 +176,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, start + T, hs)
         y = attention(q, k, v, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # re-assemble all head outputs side by side
         return dropout(self.c_proj(y), self.dropout, self.training)
 
 
@@ -215,13 +222,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f'GPT needs a GPTConfig, got {type(config).__name__}')
         self.config = config
         self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
         device = torch.get_default_device()  # where the model is built
         with torch.device('meta'):  # no memory and no random draws yet: init_weights below sets every value
-            rotary = Rotary(config.head_size, config.block_size, config.rope_theta) if config.pos_emb == 'rope' else None
+            rotary = Rotary(config.head_size, config.block_size, config.rope_theta, config.rope_scaling) \
+                if config.pos_emb == 'rope' else None
             self.transformer = nn.ModuleDict(dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd) if rotary is None else None,
@@ -255,19 +261,25 @@ class GPT(nn.Module):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith('c_proj.weight') else 0.02
             torch.nn.init.normal_(tensor, mean=0.0, std=std)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module's; assign=True (a model built on the meta device takes the tensors as they are: no copy, their
+        dtype kept) then ties lm_head to wte again and makes the rotary tables."""
+        result = super().load_state_dict(state_dict, strict, assign)
+        if assign and self.config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight
+        if assign and self.rotary is not None:
+            self.rotary.to_empty(device=self.lm_head.weight.device).reset_tables()
+        return result
+
     def get_num_params(self, non_embedding=True):
         """Parameters (a tied matrix once); non_embedding leaves out wpe, and wte unless it is lm_head (nanoGPT)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.transformer.wpe is not None:
-            n -= self.transformer.wpe.weight.numel()
-        if non_embedding and not self.config.tie_embeddings:
-            n -= self.transformer.wte.weight.numel()
-        return n
+        embeddings = [self.transformer.wpe] + ([] if self.config.tie_embeddings else [self.transformer.wte])
+        return n - sum(e.weight.numel() for e in embeddings if e is not None) if non_embedding else n
 
     def forward(self, idx, targets=None, kv_cache=None):
         B, T = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        limit = kv_cache.max_len if kv_cache is not None else self.config.block_size
+        start, limit = (kv_cache.pos, kv_cache.max_len) if kv_cache is not None else (0, self.config.block_size)
         if start + T > limit:
             raise ValueError(f'cannot forward a sequence of {start + T} tokens: the context (block_size) is '
                              f'{limit}; crop the input to its last {limit} tokens')
@@ -290,31 +302,19 @@ class GPT(nn.Module):
             logits, loss = self.lm_head(x[:, [-1], :]), None
         return logits, loss
 
-    def crop_block_size(self, block_size):
-        """Model surgery: shrink the context, e.g. to finetune GPT-2 (1024) at block_size 256."""
-        if not 0 < block_size <= self.config.block_size:
-            raise ValueError(f'block_size={block_size} must be in 1..{self.config.block_size} (the model\'s context): '
-                             'a context can only be cropped, not grown')
-        self.config.block_size = block_size
-        if self.transformer.wpe is not None:
-            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-        if self.rotary is not None:
-            self.rotary.cos, self.rotary.sin = self.rotary.cos[:block_size], self.rotary.sin[:block_size]
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (2-D tensors) only, not on biases and norm gains."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
         fused = {'fused': True} if device_type in ('cuda', 'cpu') else {}  # the whole update in one launch per group
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **fused)
 
     def flops_per_token(self, seq_len=None):
         """Training (forward + backward) FLOPs per token: 6 per parameter that multiplies (a tied wte does, as
-        lm_head) plus 12 * n_layer * seq_len * n_embd for the attention scores and sum (PaLM, appendix B)."""
-        T = seq_len or self.config.block_size
-        return 6 * self.get_num_params(non_embedding=True) + 12 * self.config.n_layer * T * self.config.n_embd
+        lm_head) plus 12 * n_layer * seq_len * n_head * head_size for attention's scores and sum (PaLM, appendix B)."""
+        c, T = self.config, seq_len or self.config.block_size
+        return 6 * self.get_num_params(non_embedding=True) + 12 * c.n_layer * T * c.n_head * c.head_size
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilization: fwdbwd_per_iter sequences in dt seconds as a fraction of peak_flops."""
@@ -330,9 +330,9 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
-        autocast = torch.is_autocast_enabled(idx.device.type)
-        dtype = torch.get_autocast_dtype(idx.device.type) if autocast else self.lm_head.weight.dtype
-        cache = KVCache(self.config, idx.size(0), block_size, idx.device, dtype)
+        device = idx.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.lm_head.weight.dtype
+        cache = KVCache(self.config, idx.size(0), min(block_size, idx.size(1) + max_new_tokens), idx.device, dtype)
         logits, _ = self(idx[:, -block_size:], kv_cache=cache)
         for _ in range(max_new_tokens):
             idx_next = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p)

@@ -10,8 +10,9 @@ are exact and a 7B config costs nothing.
 
 It reads the same config files and --key=value overrides as train.py, and takes the model from
 init_from as train.py does (checkpoint.architecture): resume (out_dir/ckpt.pt), gpt2, gpt2-medium,
-gpt2-large, gpt2-xl (config/model_gpt2*.py, so nothing is downloaded) or a Hugging Face GPT-2 folder
-fix the architecture; a model preset is a config file (config/model_NAME.py). Its own keys:
+gpt2-large, gpt2-xl (config/model_gpt2*.py, so nothing is downloaded) or a Hugging Face folder or hub id
+(GPT-2, Llama, Qwen2, Qwen3: its config.json only) fix the architecture; a model preset is a config file
+(config/model_NAME.py: config/model_smollm2_135m.py, model_qwen3_0_6b.py, model_llama3_2_1b.py...). Its own keys:
   --json                 print the report as JSON
   --device_memory=80GB   memory to fit in: GB/MB are 10^9/10^6 bytes, GiB/MiB 2^30/2^20;
                          default: the visible GPU's, else this machine's RAM
@@ -107,11 +108,12 @@ COMPONENTS = [  # (key, label, inside each block)
     ('attn_out', 'attention output (c_proj)', True),
     ('mlp_in', 'MLP in (c_fc)', True),
     ('mlp_out', 'MLP out (c_proj)', True),
-    ('norms', 'norms (ln_1, ln_2)', True),
+    ('norms', 'norms (ln_1, ln_2; q_norm, k_norm)', True),
     ('ln_f', 'final norm (ln_f)', False),
     ('lm_head', 'output layer (lm_head)', False),
 ]
-MODULE_COMPONENT = {'wte': 'wte', 'wpe': 'wpe', 'ln_1': 'norms', 'ln_2': 'norms', 'attn.c_proj': 'attn_out',
+MODULE_COMPONENT = {'wte': 'wte', 'wpe': 'wpe', 'ln_1': 'norms', 'ln_2': 'norms', 'attn.q_norm': 'norms',
+                    'attn.k_norm': 'norms', 'attn.c_proj': 'attn_out',
                     'mlp.c_fc': 'mlp_in', 'mlp.c_proj': 'mlp_out', 'ln_f': 'ln_f', 'lm_head': 'lm_head'}
 
 
@@ -161,18 +163,18 @@ def layer_activation_bytes(c, act_bytes, flash):
     act_bytes is the size of a matmul input: 2 under bf16/fp16 autocast, 4 in fp32. Counted as
     Korthikanti et al. 2022 (https://arxiv.org/abs/2205.05198) do, for this model's tensors:
       8·d                the two norms' inputs: the residual stream, fp32 even under autocast
-      3·d                the inputs of c_attn, attn.c_proj and mlp.c_fc (kept for the weight gradients)
-      d + 2·kv           q, k and v (kv = n_kv_head·head_size); rotary makes new q and k: + d + kv
+      2·d + q            the inputs of c_attn, mlp.c_fc and attn.c_proj (q = n_head·head_size, d unless set)
+      q + 2·kv           q, k and v (kv = n_kv_head·head_size); rotary makes new q and k: + q + kv; qk_norm too
       2·d_ff, 4·d_ff     the MLP: GELU's input and output; SwiGLU's gate and up, silu(gate), their product
       4·n_head           flash attention: the softmax's log-sum-exp, fp32; it recomputes the T×T scores
       (4+2)·n_head·T     without flash: the T×T probabilities per head (fp32 softmax and its bf16 copy)
     and with dropout 1-byte masks: 2·d after attention and MLP, n_head·T on the probabilities without flash.
     The norms' statistics (4-8 bytes per norm) are left out."""
     d, h, T = c.n_embd, c.n_head, c.block_size
-    kv = c.n_kv_head * c.head_size
-    qkv = d + 2 * kv + (d + kv if c.pos_emb == 'rope' else 0)
+    q, kv = c.n_head * c.head_size, c.n_kv_head * c.head_size
+    qkv = q + 2 * kv + (q + kv if c.pos_emb == 'rope' else 0) + (q + kv if c.qk_norm else 0)
     mlp = 2 * c.d_ff if c.mlp == 'gelu' else 4 * c.d_ff
-    out = 8 * d + act_bytes * (3 * d + qkv + mlp)
+    out = 8 * d + act_bytes * (2 * d + q + qkv + mlp)
     if flash:
         out += 4 * h
     else:
@@ -372,7 +374,11 @@ def design_checklist(c, config, memory, compute):
     def add(status, check, message):
         out.append(checklist_line(status, check, message))
 
-    add('ok', 'heads', f'n_embd {c.n_embd} = {c.n_head} heads x {c.head_size}: every head gets an equal slice')
+    if c.n_head * c.head_size == c.n_embd:
+        add('ok', 'heads', f'n_embd {c.n_embd} = {c.n_head} heads x {c.head_size}: every head gets an equal slice')
+    else:
+        add('ok', 'heads', f'{c.n_head} heads x {c.head_size} = {c.n_head * c.head_size}, not n_embd {c.n_embd}: '
+            'head_size is set, as in Qwen3')
     if c.head_size in (64, 128):
         add('ok', 'head size', f'{c.head_size}, as GPT-2 (64) and Llama (128): the sizes attention kernels are tuned for')
     else:
@@ -497,10 +503,11 @@ def format_model(report):
     c, run = report['model'], report['run']
     kv = '' if c['n_kv_head'] == c['n_head'] else f", {c['n_kv_head']} key/value heads"
     init = '' if run['init_from'] == 'scratch' else f", init_from {run['init_from']}"
-    return [f"model: {c['n_layer']} layers, n_embd {c['n_embd']}, {c['n_head']} heads of {c['n_embd'] // c['n_head']}{kv}, "
+    return [f"model: {c['n_layer']} layers, n_embd {c['n_embd']}, {c['n_head']} heads of {c['head_size']}{kv}, "
             f"d_ff {c['d_ff']}, vocab {c['vocab_size']}, context {c['block_size']}",
             f"  {c['norm']}, {'rotary' if c['pos_emb'] == 'rope' else 'learned'} positions, {c['mlp']} MLP, "
-            f"{'biases' if c['bias'] else 'no biases'}, {'tied' if c['tie_embeddings'] else 'untied'} embeddings{init}"]
+            f"{'biases' if c['bias'] else 'q/k/v biases' if c['qkv_bias'] else 'no biases'}{', q/k norms' if c['qk_norm'] else ''}"
+            f"{', Llama 3 rope scaling' if c['rope_scaling'] else ''}, {'tied' if c['tie_embeddings'] else 'untied'} embeddings{init}"]
 
 
 def format_parameters(report):

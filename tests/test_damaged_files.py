@@ -60,12 +60,12 @@ def test_damaged_hf_folders(model_files, char_data, tmp_path):
     (tmp_path / 'as_list' / 'config.json').write_text('[1, 2]')
     no_map = copy_folder(hf, tmp_path / 'no_map')
     (tmp_path / 'no_map' / 'model.safetensors.index.json').write_text('{"metadata": {}}')
-    llama = copy_folder(hf, tmp_path / 'llama')
-    (tmp_path / 'llama' / 'config.json').write_text(json.dumps({'model_type': 'llama', 'hidden_size': 16}))
+    mistral = copy_folder(hf, tmp_path / 'mistral')
+    (tmp_path / 'mistral' / 'config.json').write_text(json.dumps({'model_type': 'mistral', 'hidden_size': 16}))
     cases = [
         (as_list, ['config.json holds a list', 'save the folder again'], (0, 2)),
         (no_map, ['model.safetensors.index.json has no weight_map', 'save the folder again'], (0,)),
-        (llama, ["describes a 'llama' model", 'Hugging Face GPT-2 folders only', '--out_dir'], (0, 4)),
+        (mistral, ["describes a 'mistral' model", 'it reads GPT2LMHeadModel, LlamaForCausalLM'], (0, 4)),
     ]
     commands = [(readers_of_hf(d, char_data, tmp_path)[i], words) for d, words, which in cases
                 for i in which]

@@ -15,6 +15,8 @@ VARIANTS = {
     'gqa': dict(n_kv_head=2),
     'mqa-rope': dict(n_kv_head=1, pos_emb='rope'),
     'llama': dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', n_kv_head=2, bias=False, tie_embeddings=False, d_ff=48),
+    'qwen3': dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', n_kv_head=2, bias=False, qk_norm=True, head_size=6,
+                  qkv_bias=True, rope_scaling=(8.0, 1.0, 4.0, 8)),  # and Qwen2's q/k/v biases, Llama 3's rope
 }
 
 
@@ -53,6 +55,9 @@ def test_gpt2_non_embedding_count_and_defaults():
     (dict(n_head=12, n_kv_head=5), ['n_kv_head=5', '[1, 2, 3, 4, 6, 12]']),
     (dict(n_embd=36, n_head=4, pos_emb='rope'), ['even head size', '9']),
     (dict(n_layer=0), ['n_layer=0', 'positive']),
+    (dict(head_size=0), ['head_size=0', 'positive']),
+    (dict(rope_scaling=(8.0, 4.0, 1.0, 8192)), ['rope_scaling=', 'low below high']),
+    (dict(norm_eps=0.0), ['norm_eps=0.0', 'positive']),
     (dict(n_embd=-8), ['n_embd=-8', 'positive']),
     (dict(d_ff=0), ['d_ff=0']),
     (dict(block_size=0), ['block_size=0']),
@@ -252,20 +257,6 @@ def test_generation_never_waits_for_the_device(sampling):
     with HostSyncs() as syncs:
         out = model.generate(torch.randint(0, 37, (2, 5)), 30, **sampling)
     assert out.shape == (2, 35) and syncs.found == []
-
-
-def test_crop_block_size():
-    for variant in ('gpt2', 'rope'):
-        model = tiny_model(**VARIANTS[variant])
-        idx = torch.randint(0, 37, (1, 8))
-        before, _ = model(idx)
-        model.crop_block_size(8)
-        after, _ = model(idx)
-        assert model.config.block_size == 8 and torch.equal(before, after)
-        with pytest.raises(ValueError, match='block_size'):
-            model(torch.zeros(1, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match='cropped, not grown'):
-        tiny_model().crop_block_size(32)
 
 
 def test_configure_optimizers_decays_matrices_only():

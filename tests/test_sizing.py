@@ -30,6 +30,10 @@ PUBLISHED = [
     ('gpt2_xl', 'gpt2-xl', 1_557_611_200),
     ('tinyllama_1b', None, 1_100_048_384),  # TinyLlama-1.1B (grouped-query attention, 4 key/value heads)
     ('llama2_7b', None, 6_738_415_616),  # Llama-2-7B
+    ('smollm2_135m', None, 134_515_008),  # these four also against transformers: tests/test_open_models.py
+    ('qwen2_5_0_5b', None, 494_032_768),  # q/k/v biases
+    ('qwen3_0_6b', None, 596_049_920),  # q/k norms, head size 128 (not 1024 / 16)
+    ('llama3_2_1b', None, 1_235_814_400),  # Llama 3's rope scaling
     ('mini_gpt', None, 131_392),  # the mini-GPT of the design notes
 ]
 
