@@ -187,8 +187,8 @@ def test_prepare_writes_the_tokenizers_bins_and_files(folders, trained):
     assert (meta['tokenizer'], meta['fingerprint'], meta['dtype']) == ('tokenizer.json', tok.fingerprint, 'uint16')
     assert meta['vocab_size'] == tok.vocab_size and dataset.fingerprint(meta) == tok.fingerprint
     ids = np.concatenate([np.fromfile(os.path.join(data_dir, f'{split}.bin'), np.uint16) for split in ('train', 'val')])
-    expected = [i for d in trained['documents'] for i in [tok.bos_id] + tok.backend.encode(d, add_special_tokens=False).ids
-                + [tok.eos_id]]  # each document: BOS, its tokens, EOS
+    expected = [i for d in trained['documents']  # each document: BOS, its tokens, EOS
+                for i in [tok.bos_id] + tok.backend.encode(d, add_special_tokens=False).ids + [tok.eos_id]]
     assert ids.tolist() == expected
     assert not os.path.exists(os.path.join(data_dir, '.prepare'))
 
@@ -327,8 +327,8 @@ def test_gpt2_as_a_tokenizer_json_prepares_tiktokens_bins(tmp_path):
         assert tok.encode(text) == enc.encode(text, allowed_special='all') and tok.decode(tok.encode(text)) == text
     with open(tmp_path / 'corpus.jsonl', 'w') as f:
         f.writelines(json.dumps({'text': make_text(3_000, seed=i) + text}) + '\n' for i, text in enumerate(TEXTS))
-    results = run_all(*[('prepare.py', tmp_path / 'corpus.jsonl', f'--out_dir={tmp_path / name}',
-                         f'--tokenizer={tokenizer}', '--num_proc=2') for name, tokenizer in (('a', 'gpt2'), ('b', folder))])
+    results = run_all(*[('prepare.py', tmp_path / 'corpus.jsonl', f'--out_dir={tmp_path / name}', f'--tokenizer={tok}',
+                         '--num_proc=2') for name, tok in (('a', 'gpt2'), ('b', folder))])
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     for split in ('train.bin', 'val.bin'):
         assert (tmp_path / 'a' / split).read_bytes() == (tmp_path / 'b' / split).read_bytes()
@@ -383,7 +383,8 @@ def test_damaged_or_foreign_tokenizer_files_are_one_line_errors(folders, tmp_pat
 
     bad = {
         'tokenizer.json is not a readable': variant('truncated', truncate),
-        'tokenizer_config.json is unreadable': variant('config', lambda f: (f / 'tokenizer_config.json').write_text('{')),
+        'tokenizer_config.json is unreadable': variant('config',
+                                                       lambda f: (f / 'tokenizer_config.json').write_text('{')),
         'is not a token of tokenizer.json': variant('eos', lambda f: write_json(f, 'tokenizer_config.json',
                                                                                  {'eos_token': '<|nope|>'})),
         'eos_token_id=': variant('generation', lambda f: write_json(f, 'generation_config.json',
