@@ -196,15 +196,18 @@ def estimate_loss(model, batches, machine, eval_iters):
     model.eval()
     out = {}
     for split in ('train', 'val'):
-        losses = torch.zeros(eval_iters, device=machine.device, dtype=torch.float64)
+        losses = torch.zeros(2, eval_iters, device=machine.device, dtype=torch.float64)  # mean loss, bytes of y
         for k in my_share(eval_iters, machine.rank, machine.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
             with machine.autocast():
                 _, loss = model(x, y)
             if k < eval_iters:
-                losses[k] = loss.item()
+                losses[0, k] = loss.item()
+                losses[1, k] = batches.token_bytes[y].sum() if batches.token_bytes is not None else 0
         if machine.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
-        out[split] = losses.sum().item() / eval_iters
+        out[split] = losses[0].sum().item() / eval_iters
+        if losses[1].sum() > 0:  # bits per byte: the nats of every target over ln 2 x their UTF-8 bytes
+            out[f'{split}_bpb'] = losses[0].sum().item() * y.numel() / (math.log(2) * losses[1].sum().item())
     model.train()
     return out
