@@ -136,14 +136,14 @@ class HFTokenizer:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ValueError(f'messages must be a list of dicts such as {{"role": "user", "content": "Hi"}}, '
                              f'not {type(messages).__name__}')
-        import jinja2
+        from jinja2.exceptions import SecurityError
         try:
             return compile_template(self.chat_template).render(
                 messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
                 **self.special_tokens)
         except Exception as e:  # a template's own error, or one the sandbox raised for what it may not do
             raise ValueError(f'the chat template of {self.folder} failed ({one_line(e)})'
-                             + (': it tried what a template may not do' if isinstance(e, jinja2.SecurityError)
+                             + (': it tried what a template may not do' if isinstance(e, SecurityError)
                                 else ': fix the template or the messages')) from None
 
 
@@ -174,17 +174,9 @@ def compile_template(source):
 
 def read_json(folder, name):
     """A JSON object from folder/name, {} when the file is absent."""
+    import hf  # the reader of a Hugging Face folder's JSON files
     path = os.path.join(folder, name)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f'{path} is unreadable ({one_line(e)}): it is damaged; copy it again from the model') from None
-    if not isinstance(value, dict):
-        raise ValueError(f'{path} holds a {type(value).__name__}, not a JSON object: it is damaged; copy it again')
-    return value
+    return hf.read_json(path, 'a JSON object') if os.path.exists(path) else {}
 
 
 def token_text(value, key, folder):
