@@ -190,12 +190,12 @@ def my_share(n, rank, world_size, model):
 
 
 @torch.no_grad()
-def estimate_loss(model, batches, machine, eval_iters):
+def estimate_loss(model, batches, machine, eval_iters, splits=('train', 'val')):
     """Mean loss over the same eval_iters batches of each split, shared between the processes and summed in one
-    order: the same model gives the same value, to the last bit, on any number of processes."""
+    order: the same model gives the same value, to the last bit, on any number of processes; and bits per byte."""
     model.eval()
     out = {}
-    for split in ('train', 'val'):
+    for split in splits:
         losses = torch.zeros(2, eval_iters, device=machine.device, dtype=torch.float64)  # mean loss, bytes of y
         for k in my_share(eval_iters, machine.rank, machine.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
@@ -208,6 +208,7 @@ def estimate_loss(model, batches, machine, eval_iters):
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
         out[split] = losses[0].sum().item() / eval_iters
         if losses[1].sum() > 0:  # bits per byte: the nats of every target over ln 2 x their UTF-8 bytes
-            out[f'{split}_bpb'] = losses[0].sum().item() * y.numel() / (math.log(2) * losses[1].sum().item())
+            out[f'{split}_bpb'] = losses[0].sum().item() * batches.batch_size * batches.block_size / (
+                math.log(2) * losses[1].sum().item())
     model.train()
     return out
