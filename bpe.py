@@ -56,7 +56,8 @@ def train(texts, folder, vocab_size, special_tokens, progress=True):
     os.makedirs(folder, exist_ok=True)
     config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'eos_token': END_OF_TEXT,  # transformers reads it too
               'additional_special_tokens': special_tokens[1:], 'clean_up_tokenization_spaces': False}
-    for name, text in (('tokenizer.json', tokenizer.to_str(pretty=True)), ('tokenizer_config.json', json.dumps(config))):
+    files = {'tokenizer.json': tokenizer.to_str(pretty=True), 'tokenizer_config.json': json.dumps(config)}
+    for name, text in files.items():
         with atomic_path(os.path.join(folder, name)) as tmp, open(tmp, 'w', encoding='utf-8') as f:
             f.write(text)
 

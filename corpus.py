@@ -354,7 +354,7 @@ def train_bpe(files, text_field, val_fraction, val_by_document, total, settings,
     import bpe
     pieces = (piece for batch in batches(list(enumerate(files)), text_field, val_fraction, val_by_document)
               for piece in batch.pieces if not piece.val)
-    limit = settings['sample_bytes'] if val_by_document else min(settings['sample_bytes'], int(total * (1 - val_fraction)))
+    limit = min(settings['sample_bytes'], total if val_by_document else int(total * (1 - val_fraction)))
     print(f"training a {settings['vocab_size']:,}-token byte-level BPE on up to {limit:,} bytes of the corpus")
     bpe.train(bpe.sample(pieces, limit), folder, settings['vocab_size'], settings['special_tokens'])
     return tokenizers.HFTokenizer(folder)

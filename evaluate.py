@@ -99,8 +99,8 @@ def bits_per_byte(cfg, model, source, machine):
         raise ValueError(f"--task=bpb needs the --data_dir of a prepared dataset for {cfg['init_from']}")
     tokenizer = tokenizers.for_model(model, source, data_dir)  # a checkpoint's recorded tokenizer is checked here
     if source.ckpt is None and tokenizers.of_pretrained(source.path).fingerprint != tokenizer.fingerprint:
-        raise ValueError(f"{data_dir} was prepared with another tokenizer ({tokenizer.name}) than {cfg['init_from']}'s: "
-                         f"prepare it with the model's (prepare.py --tokenizer=...)")
+        raise ValueError(f"{data_dir} was prepared with another tokenizer ({tokenizer.name}) than "
+                         f"{cfg['init_from']}'s: prepare it with the model's (prepare.py --tokenizer=...)")
     block_size = cfg['block_size'] or model.config.block_size
     batches = dataset.Batches(data_dir, dataset.load_meta(data_dir), block_size, cfg['batch_size'], machine.device,
                               cfg['seed'], model.config.vocab_size)

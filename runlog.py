@@ -73,8 +73,8 @@ class Log:
 
     def eval(self, iter_num, losses):
         if self.master:
-            bpb = f", val bpb {losses['val_bpb']:.4f}" if 'val_bpb' in losses else ''
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{bpb}")
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", val bpb {losses['val_bpb']:.4f}" if 'val_bpb' in losses else ''))
             self.record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
                          'val_bpb': losses.get('val_bpb')})
             # drawn at the next logged step, after the save and this iteration's HellaSwag score (its time counts in

@@ -340,4 +340,4 @@ def byte_table(data_dir, vocab_size, device):
     except Exception as e:  # a displayed number never stops a run
         print(f'note: no bits per byte for {data_dir}: its tokenizer cannot be read ({one_line(e)})')
         return None
-    return torch.from_numpy(np.pad(lengths, (0, max(0, vocab_size - len(lengths))))).to(device)
+    return torch.from_numpy(np.pad(lengths, (0, max(0, vocab_size - len(lengths)))).astype(np.float64)).to(device)
