@@ -221,8 +221,6 @@ def test_sample_encodes_with_the_data_tokenizer_and_stops_at_eos(folders, traine
          '--num_samples=3'),
         ('sample.py', f"--out_dir={always(3, 'im_end')}", '--device=cpu', '--start=my lord', '--max_new_tokens=50',
          '--num_samples=2', '--chat=True'),
-        ('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--start=the king', '--max_new_tokens=20',
-         '--num_samples=2', '--temperature=0'),
     )
     for result in results:
         assert result.returncode == 0, result.stderr
@@ -233,8 +231,6 @@ def test_sample_encodes_with_the_data_tokenizer_and_stops_at_eos(folders, traine
     assert chat.startswith('<s><|im_start|>user') and chat.endswith('<|im_start|>assistant\n')
     expected = chat.removeprefix('<s>') + '\n' + sample.SEPARATOR + '\n'  # the BOS is not printed
     assert results[2].stdout == expected * 2 and '(2 x 1 tokens' in results[2].stderr
-    # the trained model, greedy: our stream equals a recomputation cut at its first stop id
-    assert results[3].stdout.count(sample.SEPARATOR) == 2 and '</s>' not in results[3].stdout
 
 
 def test_streamer_stops_each_row_at_its_stop_id(folders):
@@ -252,20 +248,40 @@ def test_streamer_stops_each_row_at_its_stop_id(folders):
     assert sample.until_stop([3] + hello, 1, tok.stop_ids) == [3] + hello  # a stop id in the prompt is kept
 
 
-def test_greedy_sample_equals_recomputation_cut_at_the_first_stop(folders, trained):
+def test_generate_ends_when_on_token_says_so():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32))
+    seen = []
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 10, temperature=0,
+                         on_token=lambda tokens: seen.append(tokens) or len(seen) == 4)
+    assert out.shape == (2, 3 + 4) and torch.equal(torch.cat(seen, dim=1), out[:, 3:])
+
+
+def test_greedy_sample_equals_recomputation_cut_at_the_first_stop(folders, trained, tmp_path, capsys):
+    """The trained model's greedy sample equals a recomputation without a cache, cut before the first stop id: here
+    the first generated token that differs from the ones before it, named a stop id in generation_config.json."""
     import checkpoint
+    import machine
     model, source = checkpoint.load_model('resume', trained['out'])
     tok = tokenizers.for_model(model, source)
     assert isinstance(tok, HFTokenizer) and tok.fingerprint == HFTokenizer(folders['llama']).fingerprint
-    idx = torch.tensor([tok.encode('the king')])
+    prompt = tok.encode('the king')
+    idx = torch.tensor([prompt])
     for _ in range(20):
         idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
-    expected = tok.decode(sample.until_stop(idx[0].tolist(), 3, tok.stop_ids))
+    generated = idx[0, len(prompt):].tolist()
+    stop = next((t for j, t in enumerate(generated) if t not in generated[:j] and j), generated[0])
+    folder = shutil.copytree(folders['llama'], tmp_path / 'stop')
+    write_json(folder, 'generation_config.json', {'eos_token_id': [1, stop]})
+    tok = HFTokenizer(folder)
+    expected = sample.until_stop(idx[0].tolist(), len(prompt), tok.stop_ids)
+    assert len(prompt) <= len(expected) < idx.size(1)  # it stops before the end
     cfg = dict(sample.DEFAULTS, start='the king', num_samples=1, max_new_tokens=20, temperature=0)
-    import machine
     samples = sample.generate_samples(model.eval(), tok, machine.Machine('cpu', 'float32', compile=False), cfg,
                                       write=lambda text: None)
-    assert samples == [expected]
+    assert samples == [tok.decode(expected)]
+    assert f'(1 x {len(expected) - len(prompt) + 1} tokens' in capsys.readouterr().err  # generation ended at the stop
 
 
 @pytest.fixture(scope='module')
