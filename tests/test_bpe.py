@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import corpus
-from helpers import assert_one_line_error, gpt2_encoding, make_text, read_bins, read_metrics, run, run_all
+from helpers import ROOT, assert_one_line_error, gpt2_encoding, make_text, read_bins, read_metrics, run, run_all
 
 # what a byte-level BPE must carry through whole: emoji (a ZWJ sequence), CJK, combining marks, right-to-left,
 # control characters, Windows newlines, an empty document (left out, as for every tokenizer), and a lone surrogate
@@ -45,8 +45,11 @@ def test_any_unicode_round_trips_and_the_bytes_add_up(tmp_path):
     _, train, val = read_bins(out)
     lengths = tokenizers.byte_lengths(tokenizer)
     assert lengths[np.concatenate([train, val])].sum() == sum(len(d.encode()) for d in READ_AS)
-    for text in READ_AS:  # each alone, cut anywhere in a character or not: the raw bytes of its tokens
-        assert lengths[tokenizer.encode(text)].sum() == len(text.encode())
+    import bpe
+    fast = bpe.tiktoken_encoding(tokenizer)  # what prepare.py encoded with
+    for text in READ_AS + [open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()]:
+        assert fast.encode_ordinary(text) == tokenizer.encode(text)  # tiktoken's ids are the tokenizers library's
+        assert lengths[tokenizer.encode(text)].sum() == len(text.encode())  # the raw bytes, whole characters or not
 
 
 def test_training_is_deterministic_and_done_once(tmp_path, monkeypatch):
