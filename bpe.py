@@ -84,7 +84,8 @@ def tiktoken_encoding(tokenizer):
     shifted = [b for b in range(256) if b not in printable]  # GPT-2's map: these bytes are written as chr(256 + i)
     byte_of = {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(shifted)}}
     specials = {added.content: i for i, added in tokenizer.backend.get_added_tokens_decoder().items()}
-    ranks = {bytes(byte_of[c] for c in token): i for token, i in state['model']['vocab'].items() if token not in specials}
+    vocab = state['model']['vocab']
+    ranks = {bytes(byte_of[c] for c in token): i for token, i in vocab.items() if token not in specials}
     return tiktoken.Encoding('bpe', pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 

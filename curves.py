@@ -24,7 +24,7 @@ from matplotlib.ticker import LogFormatter
 from atomic import atomic_path
 
 XS = {'iter': 'iteration', 'tokens': 'tokens', 'seconds': 'training time (s), evaluations left out'}
-KEYS = ('loss', 'train_loss', 'val_loss', 'val_bpb', 'lr', 'hellaswag_acc_norm')  # the series, as metrics.jsonl has them
+KEYS = ('loss', 'train_loss', 'val_loss', 'val_bpb', 'lr', 'hellaswag_acc_norm')  # as metrics.jsonl names them
 LOSS_STYLES = {  # how each kind of loss is drawn, and its legend entry
     'loss': (dict(linewidth=1, alpha=0.5), 'train (logged steps)'),  # light: the evaluations stay visible on it
     'train_loss': (dict(linestyle=':', linewidth=0.8, marker='s', markersize=3), 'train (evaluation)'),

@@ -104,10 +104,10 @@ def bits_per_byte(cfg, model, source, machine):
     block_size = cfg['block_size'] or model.config.block_size
     batches = dataset.Batches(data_dir, dataset.load_meta(data_dir), block_size, cfg['batch_size'], machine.device,
                               cfg['seed'], model.config.vocab_size)
-    if batches.token_bytes is None:
-        raise ValueError(f'the tokenizer of {data_dir} cannot be read, so its tokens have no byte counts')
     model.to(machine.device)
     losses = estimate_loss(model, batches, machine, cfg['eval_iters'], splits=('val',))
+    if 'val_bpb' not in losses:
+        raise ValueError(f'the tokenizer of {data_dir} cannot be read, so its tokens have no byte counts')
     result = {'val_loss': losses['val'], 'val_bpb': losses['val_bpb'],
               'tokens': cfg['eval_iters'] * cfg['batch_size'] * block_size}
     if machine.master:

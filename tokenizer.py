@@ -315,8 +315,10 @@ def byte_lengths(tokenizer):
         for token, i in tokenizer.backend.get_vocab(with_added_tokens=False).items():
             if byte_level:
                 lengths[i] = sum(1 if c in byte_symbols else len(c.encode('utf-8')) for c in token)
+            elif re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', token):  # SentencePiece's byte fallback
+                lengths[i] = 1
             else:
-                lengths[i] = 1 if re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', token) else len(token.replace('▁', ' ').encode())
+                lengths[i] = len(token.replace('▁', ' ').encode('utf-8'))
         for i, added in tokenizer.backend.get_added_tokens_decoder().items():
             lengths[i] = 0 if added.special else len(added.content.encode('utf-8'))
     else:
@@ -331,13 +333,13 @@ def byte_lengths(tokenizer):
 
 
 def byte_table(data_dir, vocab_size, device):
-    """byte_lengths of data_dir's tokenizer as a tensor of vocab_size on device, for train.py's bits per byte; None,
-    said once, when the tokenizer cannot be read (GPT-2's tiktoken encoding offline): the run logs no bpb."""
+    """byte_lengths of data_dir's tokenizer as a float64 tensor of vocab_size on device, for train.py's bits per
+    byte; all 0, said once, when the tokenizer cannot be read (GPT-2's tiktoken encoding offline): no bpb."""
     import numpy as np
     import torch
     try:
         lengths = byte_lengths(for_data(data_dir))
     except Exception as e:  # a displayed number never stops a run
         print(f'note: no bits per byte for {data_dir}: its tokenizer cannot be read ({one_line(e)})')
-        return None
+        lengths = np.zeros(0, np.int64)
     return torch.from_numpy(np.pad(lengths, (0, max(0, vocab_size - len(lengths)))).astype(np.float64)).to(device)

@@ -200,8 +200,7 @@ def estimate_loss(model, batches, machine, eval_iters, splits=('train', 'val')):
             with machine.autocast():
                 _, loss = model(x, y)
             if k < eval_iters:
-                losses[0, k] = loss.item()
-                losses[1, k] = batches.token_bytes[y].mean() if batches.token_bytes is not None else 0
+                losses[:, k] = torch.stack((loss.double(), batches.token_bytes[y].mean()))
         if machine.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
         out[split] = losses[0].sum().item() / eval_iters
