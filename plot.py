@@ -56,7 +56,8 @@ def main():
             raise ValueError(f"{path} has nothing to draw against --x={config['x']}{hint}")
         runs.append((os.path.normpath(folder), records))
     curves.draw(runs, config['out'], config['x'], config['y'])
-    print(f"wrote {config['out']}: {config['y']} of {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}")
+    print(f"wrote {config['out']}: {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}"
+          + (', val bits per byte' if config['y'] == 'bpb' else ''))
 
 
 if __name__ == '__main__':
