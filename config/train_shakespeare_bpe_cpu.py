@@ -7,5 +7,5 @@
 
 out_dir = 'out-shakespeare-bpe-cpu'
 dataset = 'shakespeare_bpe'  # 64 tokens of context: about 200 characters
-max_iters = 200
-lr_decay_iters = 200  # = max_iters
+max_iters = 250  # the quick start's training time (its 450 iterations): docs/benchmarks.md
+lr_decay_iters = 250  # = max_iters
