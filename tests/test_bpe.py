@@ -162,10 +162,13 @@ def test_bad_settings_are_one_line(tmp_path):
     text.write_text(make_text(2000), encoding='utf-8')
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'metrics.jsonl').write_text('{"iter": 0, "val_loss": 4.0}\n')  # a run logged before bpb
-    small, twice, unplotted = run_all(
+    small, twice, unplotted, no_model = run_all(
         ('prepare.py', text, f'--out_dir={tmp_path / "a"}', '--tokenizer=bpe', '--vocab_size=100'),
         ('prepare.py', text, f'--out_dir={tmp_path / "b"}', '--tokenizer=bpe', '--special_tokens=<|a|>,<|a|>'),
-        ('plot.py', tmp_path / 'run', '--y=bpb'))
+        ('plot.py', tmp_path / 'run', '--y=bpb'),
+        ('prepare.py', text, f'--out_dir={tmp_path / "c"}', '--tokenizer=char', '--report_model=nothing.py'))
     assert_one_line_error(small, '--vocab_size=100', '257')
     assert_one_line_error(twice, '--special_tokens')
     assert_one_line_error(unplotted, 'no val_bpb')
+    assert_one_line_error(no_model, '--report_model=nothing.py')
+    assert not any(os.path.exists(tmp_path / name) for name in 'abc')  # refused before any work
