@@ -38,7 +38,7 @@ class Tokenizer:
     vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304).
     Neither adds a BOS, has a chat template or ends generation (nanoGPT samples through <|endoftext|>)."""
 
-    stop_ids = ()
+    stop_ids, chat_template = (), None
 
     def __init__(self, meta=None):
         self.fingerprint = dataset.fingerprint(meta)

@@ -464,3 +464,38 @@ def test_hellaswag_encodes_with_the_models_tokenizer(folders):
         assert row[:len(context) + n] == context + tok.encode(' ' + ending, bos=False)
         assert row_mask[len(context):len(context) + n] == [1] * n and sum(row_mask) == n
     hellaswag.check_tokenizer(tok)  # accepted, as GPT-2's BPE is
+
+
+def test_evaluate_scores_hellaswag_in_the_models_tokens(trained, tmp_path):
+    """evaluate.py on a run trained on tokenizer.json bins: its acc and acc_norm equal llm.c's rule computed here
+    one unpadded row at a time, in the dataset's tokens (the context after its BOS, each ending without one)."""
+    import torch.nn.functional as F
+
+    import checkpoint
+    sentences = [' '.join(WORDS[i:i + 4]) for i in range(0, 48, 4)]
+    examples = [{'ctx': sentences[i].capitalize(), 'endings': [s + '.' for s in sentences[i + 1:i + 5]], 'label': i % 4}
+                for i in range(6)]
+    with open(tmp_path / 'val.jsonl', 'w') as f:
+        f.writelines(json.dumps(e) + '\n' for e in examples)
+    result = run('evaluate.py', f"--out_dir={trained['out']}", f"--data={tmp_path / 'val.jsonl'}", '--device=cpu',
+                 '--dtype=float32', '--json=True')
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    model, source = checkpoint.load_model('resume', trained['out'])
+    tok = tokenizers.for_model(model.eval(), source)
+    correct = correct_norm = 0
+    for example in examples:
+        context, summed, mean = tok.encode(example['ctx']), [], []
+        for ending in example['endings']:
+            row = torch.tensor([context + tok.encode(' ' + ending, bos=False)])
+            with torch.no_grad():
+                logits = model(row[:, :-1], targets=row[:, 1:])[0][0]
+            losses = F.cross_entropy(logits[len(context) - 1:], row[0, len(context):], reduction='none')
+            summed.append(losses.sum().item())
+            mean.append(losses.mean().item())
+        for losses in (summed, mean):
+            best, second = sorted(losses)[:2]
+            assert second - best > 1e-4, losses  # a clear choice: rounding cannot flip it
+        correct += min(range(4), key=summed.__getitem__) == example['label']
+        correct_norm += min(range(4), key=mean.__getitem__) == example['label']
+    assert (out['n'], out['acc'], out['acc_norm']) == (6, correct / 6, correct_norm / 6)
