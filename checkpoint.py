@@ -163,8 +163,7 @@ def checked_weights(model, source):
         weights['lm_head.weight'] = weights['transformer.wte.weight']  # lm_head is wte
     expected = {k: v.shape for k, v in model.state_dict().items()}
     problems = {
-        'missing': sorted(set(expected) - set(weights)),
-        'unexpected': sorted(set(weights) - set(expected)),
+        'missing': sorted(set(expected) - set(weights)), 'unexpected': sorted(set(weights) - set(expected)),
         'wrongly shaped': [f'{k} {tuple(v.shape)} (expected {tuple(expected[k])})' for k, v in sorted(weights.items())
                            if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k])],
     }

@@ -140,6 +140,8 @@ def read_jsonl(path, text_field):
             if not isinstance(text, str):
                 raise ValueError(f'{path} line {number}: {text_field!r} is a {type(text).__name__}, not text: '
                                  f'name the field that holds the text with --text_field=NAME')
+            if b'\\u' in line:  # a lone surrogate (\ud800 unpaired) is no character: U+FFFD, as tiktoken encodes it
+                text = text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')
             yield text, True, len(line)
 
 
@@ -242,7 +244,9 @@ class Encoder:
             self.code_points = np.array([ord(meta['itos'][i]) for i in range(meta['vocab_size'])], np.uint32)
         elif meta['tokenizer'] == tokenizers.HFTokenizer.name:  # each document is BOS (if the family has one) text EOS
             enc = tokenizers.HFTokenizer(folder)
-            self.encode_ordinary = functools.partial(enc.encode, bos=False)
+            import bpe  # a BPE of prepare.py --tokenizer=bpe encodes with tiktoken: the same ids, faster
+            fast = bpe.tiktoken_encoding(enc)
+            self.encode_ordinary = fast.encode_ordinary if fast else functools.partial(enc.encode, bos=False)
             self.start_of_document = np.array([enc.bos_id] if enc.add_bos else [], self.dtype)
             self.end_of_document = np.array([] if enc.eos_id is None else [enc.eos_id], self.dtype)
         else:
@@ -345,17 +349,31 @@ def make_meta(tokenizer, files, text_field, hf_tokenizer=None):
             'stoi': {ch: i for i, ch in enumerate(chars)}, 'itos': dict(enumerate(chars))}
 
 
+def train_bpe(files, text_field, val_fraction, val_by_document, total, settings, folder):
+    """prepare.py --tokenizer=bpe's tokenizer (bpe.py), trained into folder on at most settings['sample_bytes'] of the
+    corpus's train part (the documents not drawn for val, or the first 1 - val_fraction of the bytes: val.bin is the
+    end of the stream), so that the compression measured on val.bin is that of unseen text."""
+    import bpe
+    pieces = (piece for batch in batches(list(enumerate(files)), text_field, val_fraction, val_by_document)
+              for piece in batch.pieces if not piece.val)
+    limit = min(settings['sample_bytes'], total if val_by_document else int(total * (1 - val_fraction)))
+    print(f"training a {settings['vocab_size']:,}-token byte-level BPE on up to {limit:,} bytes of the corpus")
+    bpe.train(bpe.sample(pieces, limit), folder, settings['vocab_size'], settings['special_tokens'])
+    return tokenizers.HFTokenizer(folder)
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole preparation: corpus -> .prepare/ pieces (resumable) -> train.bin, val.bin, meta.pkl
 
 
 def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc=1, text_field='text',
-                   val_by_document=False, max_tokens=None):
+                   val_by_document=False, max_tokens=None, bpe_settings=None):
     """Tokenize the corpus at inputs (a path or list of paths, see corpus_files) into out_dir's
     train.bin, val.bin and meta.pkl. val.bin is the last val_fraction of the token stream, or with
     val_by_document a random val_fraction of the documents (nanoGPT's OpenWebText split). With
     max_tokens, only the first max_tokens tokens of the corpus's stream (documents in order, each with
-    its end-of-text token) are kept, cut exactly: the two bins hold that many tokens together.
+    its end-of-text token) are kept, cut exactly: the two bins hold that many tokens together. tokenizer='bpe'
+    trains one first (train_bpe) with bpe_settings {'vocab_size', 'special_tokens', 'sample_bytes'}.
     Returns {'train_tokens', 'val_tokens', 'vocab_size', 'dtype', 'tokenizer'}."""
     if not 0 < val_fraction < 1:
         raise ValueError(f'val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1')
@@ -375,22 +393,27 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
         raise ValueError(f'{source} is empty: there is no text to prepare')
     if max_tokens is not None:
         source = f'the first {max_tokens:,} tokens of {source}'
-    hf_folder = tokenizers.hf_folder(tokenizer)  # a Hugging Face tokenizer's, else None: char or tiktoken
+    if (tokenizer == 'bpe') != (bpe_settings is not None):
+        raise ValueError("tokenizer='bpe' and its bpe_settings go together")
+    hf_folder = None if bpe_settings else tokenizers.hf_folder(tokenizer)  # a Hugging Face tokenizer's, else None
     hf_tokenizer = tokenizers.HFTokenizer(hf_folder) if hf_folder else None
-    if tokenizer != 'char' and hf_tokenizer is None:
+    if tokenizer not in ('char', 'bpe') and hf_tokenizer is None:
         get_encoding(tokenizer)  # fail now on an unknown or unloadable one, not in every worker
 
     work_dir = os.path.join(out_dir, '.prepare')
     plan = {'files': [(os.path.abspath(p), st.st_size, st.st_mtime_ns) for p, st in zip(files, file_stats)],
             'tokenizer': tokenizer, 'text_field': text_field, 'val_fraction': val_fraction,
             'val_by_document': val_by_document, 'max_tokens': max_tokens,
-            'fingerprint': hf_tokenizer and hf_tokenizer.fingerprint}
+            'fingerprint': hf_tokenizer and hf_tokenizer.fingerprint, 'bpe': bpe_settings}
     with disk_errors(out_dir, work_dir):
         meta = resume(work_dir, plan)
         if meta is None:
             shutil.rmtree(work_dir, ignore_errors=True)  # another corpus's or settings' pieces
+            if bpe_settings:  # trained once, before plan.json: a resumed preparation reads it from work_dir
+                hf_tokenizer = train_bpe(files, text_field, val_fraction, val_by_document, total, bpe_settings,
+                                         tokenizer_copy(work_dir))
             meta = make_meta(tokenizer, files, text_field, hf_tokenizer)
-            if hf_tokenizer:  # the files themselves, read from here on: a later change to the folder is not mixed in
+            if hf_folder:  # the files themselves, read from here on: a later change to the folder is not mixed in
                 os.makedirs(tokenizer_copy(work_dir))
                 for name in tokenizer_files(hf_folder):
                     shutil.copyfile(os.path.join(hf_folder, name), os.path.join(tokenizer_copy(work_dir), name))

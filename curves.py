@@ -3,10 +3,13 @@ Loss curves from metrics.jsonl: the series a run logged, and one picture of one 
 
     import curves, metrics
     curves.draw([('out', metrics.read_records('out/metrics.jsonl'))], 'loss.png', x='tokens')
+    curves.draw(runs, 'bpb.png', y='bpb')   # val bits per byte: runs with different tokenizers on one scale
 
 train.py draws its out_dir/loss.png this way (in runlog.Log) and plot.py overlays runs. The picture has the losses
 (every logged step's, and the evaluations' train and val loss) on a log scale when they span a factor of 2 or more,
-the learning rate on its own axis below, and HellaSwag's acc_norm on a third when a run logged it; one color per
+with val bits per byte on a second scale at the right when one run logged it (the same batches at every
+evaluation: bpb is val loss times a constant), or with y='bpb' the evaluations' val bits per byte instead; the
+learning rate on its own axis below, and HellaSwag's acc_norm on a third when a run logged it; one color per
 run. It is drawn with Agg, matplotlib's headless renderer, without pyplot: no display and no global state.
 """
 
@@ -21,12 +24,14 @@ from matplotlib.ticker import LogFormatter
 from atomic import atomic_path
 
 XS = {'iter': 'iteration', 'tokens': 'tokens', 'seconds': 'training time (s), evaluations left out'}
-KEYS = ('loss', 'train_loss', 'val_loss', 'lr', 'hellaswag_acc_norm')  # the series drawn, as metrics.jsonl names them
+KEYS = ('loss', 'train_loss', 'val_loss', 'val_bpb', 'lr', 'hellaswag_acc_norm')  # as metrics.jsonl names them
 LOSS_STYLES = {  # how each kind of loss is drawn, and its legend entry
     'loss': (dict(linewidth=1, alpha=0.5), 'train (logged steps)'),  # light: the evaluations stay visible on it
     'train_loss': (dict(linestyle=':', linewidth=0.8, marker='s', markersize=3), 'train (evaluation)'),
     'val_loss': (dict(linestyle='--', linewidth=0.8, marker='o', markersize=4), 'val (evaluation)'),
 }
+YS = {'loss': ('loss', LOSS_STYLES),  # the top picture: its label, and the series drawn there
+      'bpb': ('val bits per byte', {'val_bpb': (LOSS_STYLES['val_loss'][0], 'val (evaluation)')})}
 
 
 def series(records, x='iter'):
@@ -61,9 +66,10 @@ def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def draw(runs, path, x='iter'):
-    """Draw runs, a list of (label, records), one color each, against x, into the image file `path`, written
-    atomically (PNG; the format follows the extension, so .svg and .pdf work too)."""
+def draw(runs, path, x='iter', y='loss'):
+    """Draw runs, a list of (label, records), one color each, y ('loss' or 'bpb') against x, into the image file
+    `path`, written atomically (PNG; the format follows the extension, so .svg and .pdf work too)."""
+    ylabel, styles = YS[y]
     drawn = [(label, series(records, x)) for label, records in runs]
     hellaswag = any('hellaswag_acc_norm' in s for _, s in drawn)
     fig = Figure(figsize=(8, 7.5 if hellaswag else 6), layout='constrained')
@@ -72,25 +78,30 @@ def draw(runs, path, x='iter'):
     loss_ax, lr_ax = axes[0], axes[1]
     for i, (label, s) in enumerate(drawn):
         color = f'C{i % 10}'
-        for key, (style, _) in LOSS_STYLES.items():
+        for key, (style, _) in styles.items():
             if key in s:
                 loss_ax.plot(*s[key], color=color, **style)
         if 'lr' in s:
             lr_ax.plot(*s['lr'], color=color)
         if 'hellaswag_acc_norm' in s:
             axes[2].plot(*s['hellaswag_acc_norm'], color=color, marker='o', markersize=3)
-    shown = [key for key in LOSS_STYLES if any(key in s for _, s in drawn)]
+    shown = [key for key in styles if any(key in s for _, s in drawn)]
     handles = [Line2D([], [], color=f'C{i % 10}', linewidth=3) for i in range(len(drawn))]
-    handles += [Line2D([], [], color='gray', **LOSS_STYLES[key][0]) for key in shown]
-    loss_ax.legend(handles, [label for label, _ in drawn] + [LOSS_STYLES[key][1] for key in shown],
+    handles += [Line2D([], [], color='gray', **styles[key][0]) for key in shown]
+    loss_ax.legend(handles, [label for label, _ in drawn] + [styles[key][1] for key in shown],
                    loc='upper right', fontsize='small')  # losses fall: that corner is free, and 'best' is slow
-    losses = [y for _, s in drawn for key in LOSS_STYLES if key in s for y in s[key][1] if y > 0]
+    losses = [v for _, s in drawn for key in styles if key in s for v in s[key][1] if v > 0]
     if losses and max(losses) >= 2 * min(losses):  # a fall by half or more: the late, small gains stay visible
         loss_ax.set_yscale('log')
         # plain numbers (2, 3, 4 rather than 2x10^0), the minor ticks labeled too when the axis spans under a decade
         loss_ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         loss_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
-    loss_ax.set_ylabel('loss')
+    loss_ax.set_ylabel(ylabel)
+    bpb = drawn[0][1].get('val_bpb') if y == 'loss' and len(drawn) == 1 else None
+    if bpb:  # the same val batches at every evaluation: val bpb is val loss times one number
+        to_bpb = bpb[1][-1] / dict(zip(*drawn[0][1]['val_loss']))[bpb[0][-1]]
+        loss_ax.secondary_yaxis('right', functions=(lambda v: v * to_bpb, lambda v: v / to_bpb)).set_ylabel(
+            'val bits per byte')
     lr_ax.set_ylabel('learning rate')
     lr_ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
     if hellaswag:

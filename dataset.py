@@ -9,6 +9,7 @@ files of two preparations are never read together. nanoGPT's meta.pkl (char, no 
 meta-less GPT-2 bins read as uint16 / gpt2. Reading a meta.pkl runs no code.
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -128,6 +129,11 @@ class Batches:
         else:
             xy = xy.to(self.device)
         return xy[0], xy[1]  # each a contiguous (B, T)
+
+    @functools.cached_property
+    def token_bytes(self):  # bits per byte's denominator: the UTF-8 bytes of each id (all 0: unknown)
+        import tokenizer
+        return tokenizer.byte_table(self.data_dir, self.vocab_size, self.device)
 
 
 def fingerprint(meta):

@@ -5,10 +5,12 @@ HellaSwag (when logged) of each run, one color per run, labeled by its folder as
     python plot.py out-shakespeare-char-cpu                        # writes runs.png
     python plot.py out-a out-b --x=tokens --out=compare.png
     python plot.py out --x=seconds
+    python plot.py out-shakespeare-char-cpu out-shakespeare-bpe-cpu --y=bpb      # different tokenizers
 
 Each OUT_DIR is a train.py out_dir; its metrics.jsonl is read as it is, so a run in progress can be drawn. --x is
 iter (the default), tokens (the training tokens seen, which train.py records) or seconds (the training time, the
-evaluations left out). --out (default runs.png) is written atomically; its extension picks the format (.png, .svg,
+evaluations left out). --y is loss (the default) or bpb (the evaluations' val bits per byte, which compare
+runs whose tokenizers differ, where a loss per token does not). --out (default runs.png) is written atomically; its extension picks the format (.png, .svg,
 .pdf). train.py draws each run's own out_dir/loss.png the same way.
 """
 
@@ -22,6 +24,7 @@ from metrics import read_records
 DEFAULTS = {
     'out': 'runs.png',  # the picture to write
     'x': 'iter',  # iter, tokens or seconds
+    'y': 'loss',  # loss or bpb
 }
 
 
@@ -35,6 +38,8 @@ def main():
         raise ValueError('no run: write python plot.py OUT_DIR [OUT_DIR ...] (see --help)')
     if config['x'] not in curves.XS:
         raise ValueError(f"--x={config['x']} is not one of {', '.join(curves.XS)}")
+    if config['y'] not in curves.YS:
+        raise ValueError(f"--y={config['y']} is not one of {', '.join(curves.YS)}")
     runs = []
     for folder in folders:
         if not os.path.isdir(folder):
@@ -43,12 +48,16 @@ def main():
         if not os.path.isfile(path):
             raise ValueError(f'{folder} has no metrics.jsonl: is it the out_dir of a train.py run?')
         records = read_records(path)
+        if config['y'] == 'bpb' and 'val_bpb' not in curves.series(records, config['x']):
+            raise ValueError(f'{path} has no val_bpb: the run was made before train.py logged bits per byte, or its '
+                             'tokenizer could not be read; draw it with --y=loss')
         if not curves.series(records, config['x']):
             hint = ' (no record has "tokens": an older train.py wrote it; use --x=iter)' if config['x'] == 'tokens' else ''
             raise ValueError(f"{path} has nothing to draw against --x={config['x']}{hint}")
         runs.append((os.path.normpath(folder), records))
-    curves.draw(runs, config['out'], config['x'])
-    print(f"wrote {config['out']}: {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}")
+    curves.draw(runs, config['out'], config['x'], config['y'])
+    print(f"wrote {config['out']}: {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}"
+          + (', val bits per byte' if config['y'] == 'bpb' else ''))
 
 
 if __name__ == '__main__':

@@ -2,9 +2,9 @@
 What a training run reports, from its master process: the console, out_dir/metrics.jsonl, out_dir/loss.png and wandb.
 
 metrics.jsonl is strict JSON (NaN and infinities as null), one record per logged iteration ({"iter", "tokens",
-"loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss"}), "tokens" counting the
-training tokens seen; a resumed run first drops what came after its checkpoint, so each iteration is there once.
-loss.png is drawn from it (curves.py) after every evaluation (once the checkpoint is saved) and at the end.
+"loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss", "train_bpb",
+"val_bpb": bits per byte, when known}); "tokens" counts the training tokens seen; a resumed run drops what came
+after its checkpoint first. loss.png is drawn from it (curves.py) after every evaluation and at the end.
 """
 
 import json
@@ -72,8 +72,9 @@ class Log:
 
     def eval(self, iter_num, losses):
         if self.master:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            self.record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", val bpb {losses['val_bpb']:.4f}" if 'val_bpb' in losses else ''))
+            self.record({'iter': iter_num, **{k if '_' in k else f'{k}_loss': v for k, v in losses.items()}})
             # drawn at the next logged step, after the save and this iteration's HellaSwag score (its time counts in
             # that step's); not after a run's first evaluation, which has no training step to show yet
             self.draw_due = iter_num > self.iter_start

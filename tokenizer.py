@@ -293,3 +293,54 @@ def download(repo_id):
         raise OSError(f'could not download the tokenizer of {repo_id} from the Hugging Face hub ({one_line(e, 120)}): '
                       'check the name and the network (and HF_HUB_OFFLINE), or download its tokenizer.json and '
                       'tokenizer_config.json into a folder and give that folder') from None
+
+
+# ----------------------------------------------------------------------------------------------
+# what each token stands for in bytes of text: bits per byte's denominator
+
+
+def byte_lengths(tokenizer):
+    """The UTF-8 bytes each token id stands for, an int64 array of tokenizer.vocab_size, so that the ids of a text
+    add up to len(text.encode()): a character's own; a BPE token's raw bytes, part of a character or not (GPT-2's
+    decode_single_token_bytes; a byte-level tokenizer.json writes each byte as one symbol; SentencePiece's <0xNN>
+    is one byte and its ▁ a space); a special token (<|endoftext|>, BOS) none: it is no text."""
+    import numpy as np
+    lengths = np.zeros(tokenizer.vocab_size, np.int64)
+    if tokenizer.name == 'char':
+        for i, ch in tokenizer.itos.items():
+            lengths[i] = len(ch.encode('utf-8', 'surrogatepass'))
+    elif isinstance(tokenizer, HFTokenizer):
+        from tokenizers import pre_tokenizers
+        byte_symbols = set(pre_tokenizers.ByteLevel.alphabet())
+        byte_level = 'ByteLevel' in json.dumps(json.loads(tokenizer.backend.to_str()).get('decoder'))
+        for token, i in tokenizer.backend.get_vocab(with_added_tokens=False).items():
+            if byte_level:
+                lengths[i] = sum(1 if c in byte_symbols else len(c.encode('utf-8')) for c in token)
+            elif re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', token):  # SentencePiece's byte fallback
+                lengths[i] = 1
+            else:
+                lengths[i] = len(token.replace('▁', ' ').encode('utf-8'))
+        for i, added in tokenizer.backend.get_added_tokens_decoder().items():
+            lengths[i] = 0 if added.special else len(added.content.encode('utf-8'))
+    else:
+        special = {tokenizer.enc.encode_single_token(t) for t in tokenizer.enc.special_tokens_set}
+        for i in range(tokenizer.enc.n_vocab):
+            if i not in special:
+                try:
+                    lengths[i] = len(tokenizer.enc.decode_single_token_bytes(i))
+                except KeyError:  # an id the encoding leaves unused (cl100k_base has a few)
+                    pass
+    return lengths
+
+
+def byte_table(data_dir, vocab_size, device):
+    """byte_lengths of data_dir's tokenizer as a float64 tensor of vocab_size on device, for train.py's bits per
+    byte; all 0, said once, when the tokenizer cannot be read (GPT-2's tiktoken encoding offline): no bpb."""
+    import numpy as np
+    import torch
+    try:
+        lengths = byte_lengths(for_data(data_dir))
+    except Exception as e:  # a displayed number never stops a run
+        print(f'note: no bits per byte for {data_dir}: its tokenizer cannot be read ({one_line(e)})')
+        lengths = np.zeros(0, np.int64)
+    return torch.from_numpy(np.pad(lengths, (0, max(0, vocab_size - len(lengths)))).astype(np.float64)).to(device)

@@ -35,8 +35,7 @@ DEFAULTS = dict(
     # and bias=False as in nanoGPT's train.py (a bit faster and better when training from scratch).
     # A resumed or pretrained model keeps its own (block_size may shrink, dropout may change).
     **{f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'bias')},
-    vocab_size=None,
-    bias=False,
+    vocab_size=None, bias=False,
     # optimizer: 'adamw', or 'muon' (Muon for the weight matrices inside the blocks, AdamW for the rest)
     optimizer='adamw',
     learning_rate=6e-4,  # max learning rate (AdamW's; with optimizer='muon', of the embeddings, lm_head and norms)
@@ -49,8 +48,7 @@ DEFAULTS = dict(
     muon_weight_decay=0.0,  # decoupled, as AdamW's: the matrices shrink by muon_lr * muon_weight_decay per step
     # learning rate schedule: linear warmup, then 'cosine' decay to min_lr, or 'wsd' (warmup-stable-decay):
     # constant, then linear decay to min_lr over the last decay_fraction of lr_decay_iters
-    decay_lr=True,
-    lr_schedule='cosine',
+    decay_lr=True, lr_schedule='cosine',
     decay_fraction=0.2,
     warmup_iters=2000,
     lr_decay_iters=600000,  # ~ max_iters per the Chinchilla paper
@@ -190,21 +188,23 @@ def my_share(n, rank, world_size, model):
 
 
 @torch.no_grad()
-def estimate_loss(model, batches, machine, eval_iters):
+def estimate_loss(model, batches, machine, eval_iters, splits=('train', 'val')):
     """Mean loss over the same eval_iters batches of each split, shared between the processes and summed in one
-    order: the same model gives the same value, to the last bit, on any number of processes."""
+    order: the same model gives the same value, to the last bit, on any number of processes; and bits per byte."""
     model.eval()
     out = {}
-    for split in ('train', 'val'):
-        losses = torch.zeros(eval_iters, device=machine.device, dtype=torch.float64)
+    for split in splits:
+        losses = torch.zeros(2, eval_iters, device=machine.device, dtype=torch.float64)  # per token: nats, bytes
         for k in my_share(eval_iters, machine.rank, machine.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
             with machine.autocast():
                 _, loss = model(x, y)
             if k < eval_iters:
-                losses[k] = loss.item()
+                losses[:, k] = torch.stack((loss.double(), batches.token_bytes[y].mean()))
         if machine.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
-        out[split] = losses.sum().item() / eval_iters
+        out[split] = losses[0].sum().item() / eval_iters
+        if losses[1].sum() > 0:  # bits per byte: the nats of all targets over ln 2 x their UTF-8 bytes (equal batches)
+            out[f'{split}_bpb'] = (losses[0].sum() / losses[1].sum()).item() / math.log(2)
     model.train()
     return out

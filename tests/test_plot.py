@@ -55,6 +55,7 @@ def test_series_of_a_real_run_are_the_values_in_metrics_jsonl(runs):
         'loss': ([2, 4, 6], [r['loss'] for r in steps]),
         'train_loss': ([0, 3, 6], [r['train_loss'] for r in evals]),
         'val_loss': ([0, 3, 6], [r['val_loss'] for r in evals]),
+        'val_bpb': ([0, 3, 6], [r['val_bpb'] for r in evals]),
         'lr': ([2, 4, 6], [r['lr'] for r in steps]),
     }
     tokens = curves.series(records, x='tokens')
@@ -193,7 +194,9 @@ def test_plot_errors_are_one_line(tmp_path):
         ((tmp_path / 'old', '--x=steps'), '--x=steps is not one of iter, tokens, seconds'),
         ((tmp_path / 'old', '--x=tokens'), 'no record has "tokens"'),
         ((), 'no run: write python plot.py OUT_DIR'),
-        ((tmp_path / 'old', '--y=1'), "unknown config key 'y'"),
+        ((tmp_path / 'old', '--z=1'), "unknown config key 'z'"),
+        ((tmp_path / 'old', '--y=1'), '--y=1 is not one of loss, bpb'),
+        ((tmp_path / 'old', '--y=bpb'), 'has no val_bpb'),
     ]
     for argv, words in cases:
         assert_one_line_error(run('plot.py', *argv, cwd=tmp_path), words)
