@@ -149,7 +149,7 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
             t_saved = t0
         if stopping:
             if machine.master:
-                print(f'stopped by signal {stop[0]} at iteration {iter_num}, saved: the same command with '
+                print(f'stopped by {stop[0]} at iteration {iter_num}, saved: the same command with '
                       f'--init_from=auto continues it (exit status {EXIT_PREEMPTED})')
             raise SystemExit(EXIT_PREEMPTED)
         if evaluated:

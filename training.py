@@ -194,7 +194,7 @@ def stop_signals():
     """While training, SIGTERM (a scheduler's stop, torchrun's shutdown) or SIGUSR1 (SLURM's warning ahead of a
     preemption) is appended to the list yielded: the run saves at the end of its step and exits with EXIT_PREEMPTED."""
     asked = []
-    before = {s: signal.signal(s, lambda signum, _: asked.append(signum)) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    before = {s: signal.signal(s, lambda signum, _: asked.append(signal.Signals(signum).name)) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         yield asked
     finally:
