@@ -2,6 +2,7 @@
 What only a torchrun run has to decide (train.py imports this module under torchrun only): which folders the
 processes share, and so who prepares the data and whether the run can resume on every node.
 
+    store = cluster.attempt_store(world_size)               # machine.setup: the store of this restart
     cluster.prepare(dataset, data_dir, out_dir, machine)   # every process, before reading data_dir
 
 A node is one torchrun agent (one machine): LOCAL_RANK numbers its processes, RANK all of them. out_dir must be one
@@ -15,6 +16,18 @@ import uuid
 
 import torch
 import torch.distributed as dist
+
+from machine import GROUP_TIMEOUT
+
+
+def attempt_store(world_size):
+    """torchrun's store under a prefix of its own for each restart of the group: c10d's rendezvous keeps one store for
+    all (torch 2.13), where a restarted process would read the dead ones' addresses. None: the env:// store."""
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
+        return None
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size, is_master=False,
+                          timeout=GROUP_TIMEOUT)
+    return dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def prepare(dataset, data_dir, out_dir, machine):

@@ -99,8 +99,9 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
             raise ValueError(f"backend='nccl' needs CUDA GPUs, but the device is {device}: use --backend=gloo")
         backend = GPU_BACKEND if cuda and backend != 'gloo' else 'gloo'
         # device_id: NCCL binds its communicator to this GPU now instead of guessing it at the first collective
+        import cluster  # torchrun's concerns: only its runs read them
         dist.init_process_group(backend, timeout=GROUP_TIMEOUT, device_id=torch.device(device) if cuda else None,
-                                store=attempt_store(world_size), rank=rank, world_size=world_size)
+                                store=cluster.attempt_store(world_size), rank=rank, world_size=world_size)
     dtype = resolve_dtype(dtype, device)
     if compile is None:  # CUDA capability 7.0+ (not MPS); on a CPU compiling outlasts the short runs people make
         compile = cuda and torch.cuda.get_device_capability(torch.device(device))[0] >= 7
@@ -110,16 +111,6 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
     if device == 'cpu':
         keep_freed_memory()
     return Machine(device, dtype, compile, rank, local_rank, world_size, backend, native_bf16(device), peak_flops)
-
-
-def attempt_store(world_size):
-    """torchrun's store under a prefix of its own for each restart of the group: c10d's rendezvous keeps one store for
-    all (torch 2.13), where a restarted process would read the dead ones' addresses. None: the env:// store."""
-    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
-        return None
-    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size, is_master=False,
-                          timeout=GROUP_TIMEOUT)
-    return dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def teardown(finished=True):

@@ -26,9 +26,7 @@ DEFAULTS = dict(
     hellaswag_interval=0,  # score HellaSwag (GPT-2 BPE models) every this many iterations; 0: never
     hellaswag_data='',  # hellaswag_val.jsonl; '' downloads it once into a cache folder (see hellaswag.py)
     always_save_checkpoint=True,  # save at every eval, not only when val loss improves
-    # 'scratch', 'resume' (from out_dir's checkpoint), 'gpt2*', a Hugging Face GPT-2 folder, or 'auto': resume
-    # where out_dir holds a checkpoint, else scratch (one command for a run's first launch and all its restarts)
-    init_from='scratch',
+    init_from='scratch',  # 'scratch', 'resume', 'auto' (resume where out_dir has a checkpoint), 'gpt2*', an HF folder
     overwrite=False,  # start a new run in an out_dir that holds one: its ckpt.pt and metrics.jsonl are replaced
     wandb_log=False, wandb_project='owt', wandb_run_name='gpt2',  # wandb (WANDB_MODE=offline needs no account)
     # data
@@ -194,7 +192,8 @@ def stop_signals():
     """While training, SIGTERM (a scheduler's stop, torchrun's shutdown) or SIGUSR1 (SLURM's warning ahead of a
     preemption) is appended to the list yielded: the run saves at the end of its step and exits with EXIT_PREEMPTED."""
     asked = []
-    before = {s: signal.signal(s, lambda signum, _: asked.append(signal.Signals(signum).name)) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    before = {s: signal.signal(s, lambda signum, _: asked.append(signal.Signals(signum).name))
+              for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         yield asked
     finally:

@@ -98,6 +98,7 @@ def wait_for(path, process, lines=1):
     raise TimeoutError(path)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_the_unbroken_one(tmp_path):
     """SIGKILL to one of 2 workers under --max-restarts=1: torchrun starts the group again, init_from='auto' resumes
     the last checkpoint, and the run logs the losses of the unbroken run, bit for bit."""
@@ -122,7 +123,8 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_the_unbroken_one(tmp_p
     assert computed(killed) == computed(tmp_path / 'whole')
 
 
-@pytest.mark.parametrize('processes,sig', [(None, signal.SIGUSR1), (2, signal.SIGTERM)])
+@pytest.mark.parametrize('processes,sig', [(None, signal.SIGUSR1),
+                                           pytest.param(2, signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_stop_signal_saves_at_the_step_and_the_run_resumes_exactly(tmp_path, processes, sig):
     """SIGUSR1 (SLURM's warning) to one process, SIGTERM to torchrun (which passes it to its 2 workers): the run
     saves where it is, between evaluations and time-based checkpoints (every few ms here), exits with 75 and says so;
