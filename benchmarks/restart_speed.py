@@ -1,0 +1,96 @@
+"""
+The cost of torchrun's restart path (issue 27): seconds from a worker's death (SIGKILL) to the first step of the
+resumed run, under `torchrun --standalone --max-restarts=1 --nproc_per_node=2 train.py ... --init_from=auto`.
+Each repeat is a fresh run into a fresh out_dir; its output is read line by line and time-stamped.
+
+    flock /tmp/timing.lock python benchmarks/restart_speed.py                       # the tiny model
+    flock /tmp/timing.lock python benchmarks/restart_speed.py --preset=quick        # the quick start's model
+
+Presets: 'tiny' is a 1-layer, 16-wide model on a stand-in corpus (the launcher's and the group's own cost);
+'quick' is config/train_shakespeare_char_cpu.py's model (needs data/shakespeare_char prepared). Printed per
+repeat: the kill-to-first-step seconds, split at the moment the restarted run prints its model line (processes
+started, group joined, checkpoint read); medians at the end.
+"""
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = {
+    'tiny': ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=2', '--eval_iters=2',
+             '--dataset=tiny'],
+    'quick': ['config/train_shakespeare_char_cpu.py', '--eval_iters=5'],
+}
+
+
+def tiny_data(folder):
+    import pickle
+    import numpy as np
+    ids = np.random.default_rng(0).integers(0, 65, 50_000).astype(np.uint16)
+    os.makedirs(folder)
+    ids[:45_000].tofile(os.path.join(folder, 'train.bin'))
+    ids[45_000:].tofile(os.path.join(folder, 'val.bin'))
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': 65, 'dtype': 'uint16', 'tokenizer': 'char',
+                     'stoi': {chr(32 + i): i for i in range(65)}, 'itos': {i: chr(32 + i) for i in range(65)}}, f)
+
+
+def one_restart(preset, tmp):
+    argv = [*PRESETS[preset], '--device=cpu', '--compile=False', '--max_iters=100000', '--eval_interval=20',
+            '--log_interval=1', '--init_from=auto', f'--out_dir={tmp}/out', '--gradient_accumulation_steps=2']
+    if preset == 'tiny':
+        argv.append(f'--data_dir={tmp}/data')
+    agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
+                              '--nproc_per_node=2', 'train.py', *argv], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+    lines = []  # (time, line)
+    reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in agent.stdout))
+    reader.start()
+    try:
+        while not any('saved checkpoint' in line for _, line in lines):  # the first checkpoint, at 20
+            time.sleep(0.01)
+            if agent.poll() is not None:
+                raise RuntimeError('the run ended before its first checkpoint')
+        time.sleep(0.5)
+        worker = int(open(f'/proc/{agent.pid}/task/{agent.pid}/children').read().split()[-1])
+        killed = time.time()
+        os.kill(worker, signal.SIGKILL)
+        while True:
+            after = [(t, line) for t, line in list(lines) if t > killed]
+            models = [t for t, line in after if line.startswith('model:')]
+            steps = [t for t, line in after if line.startswith('iter ') and models and t > models[0]]
+            if steps:
+                return models[0] - killed, steps[0] - killed
+            if agent.poll() is not None:
+                raise RuntimeError('the run ended without a restart')
+            time.sleep(0.01)
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
+        reader.join()
+
+
+def main():
+    options = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+    preset, repeats = options.get('preset', 'tiny'), int(options.get('repeats', 3))
+    results = []
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            if preset == 'tiny':
+                tiny_data(f'{tmp}/data')
+            started, first_step = one_restart(preset, tmp)
+        results.append(first_step)
+        print(f'repeat {i + 1}: kill -> restarted run set up {started:.2f} s -> first step {first_step:.2f} s')
+    print(f'{preset}: kill to first resumed step, median {statistics.median(results):.2f} s '
+          f'({min(results):.2f}-{max(results):.2f}) over {repeats}')
+
+
+if __name__ == '__main__':
+    main()
