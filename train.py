@@ -145,8 +145,7 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
             break
         if save_due or stopping:  # after the step's evaluation, as the unbroken run evaluates: resumes exactly
             save(raw_model, optimizer, scaler, cfg, machine, iter_num, best_val_loss, None)
-            save_due, t0 = False, time.time()
-            t_saved = t0
+            save_due, t0, t_saved = False, time.time(), time.time()
         if stopping:
             if machine.master:
                 print(f'stopped by {stop[0]} at iteration {iter_num}, saved: the same command with '
@@ -156,14 +155,13 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
             t0 = time.time()  # the evaluations' time is not the next iteration's
         lr = schedule.apply(optimizer, iter_num)
         loss = train_step(model, optimizer, scaler, batches, iter_num, cfg, machine)
-        # a stop signal or the checkpoint cadence on any process, carried by the loss's all_reduce: all act together
-        flags = loss.new_tensor([bool(stop), 0 < cfg.checkpoint_interval_minutes * 60 < time.time() - t_saved])
+        # the loss's all_reduce carries a stop signal or a due time-based save of any process: all act together
+        flags = [bool(stop), 0 < cfg.checkpoint_interval_minutes * 60 < time.time() - t_saved]
+        summed = torch.cat([loss.view(1), loss.new_tensor(flags)])
         if machine.world_size > 1:
-            flags = torch.cat([loss.view(1), flags])
-            torch.distributed.all_reduce(flags)
-            loss, flags = flags[0] / machine.world_size, flags[1:]
-        stopping, save_due = (bool(f) for f in flags.tolist())
-        lossf = loss.item()  # once per step: cheap, and it catches a diverging run at once
+            torch.distributed.all_reduce(summed)
+        loss_sum, stopping, save_due = summed.tolist()  # once per step: cheap, and it catches a diverging run at once
+        lossf = loss_sum / machine.world_size
         if not math.isfinite(lossf):
             raise not_finite(iter_num, cfg, 'the training loss')
         t1 = time.time()

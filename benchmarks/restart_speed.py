@@ -4,10 +4,12 @@ resumed run, under `torchrun --standalone --max-restarts=1 --nproc_per_node=2 tr
 Each repeat is a fresh run into a fresh out_dir; its output is read line by line and time-stamped.
 
     flock /tmp/timing.lock python benchmarks/restart_speed.py                       # the tiny model
-    flock /tmp/timing.lock python benchmarks/restart_speed.py --preset=quick        # the quick start's model
+    flock /tmp/timing.lock python benchmarks/restart_speed.py --preset=quick --data_dir=data/shakespeare_char
+    flock /tmp/timing.lock python benchmarks/restart_speed.py --preset=gpt2 --repeats=2
 
 Presets: 'tiny' is a 1-layer, 16-wide model on a stand-in corpus (the launcher's and the group's own cost);
-'quick' is config/train_shakespeare_char_cpu.py's model (needs data/shakespeare_char prepared). Printed per
+'quick' is config/train_shakespeare_char_cpu.py's model (needs data/shakespeare_char prepared); 'gpt2' is GPT-2
+small (124M parameters, 85M without the embeddings; block 256, batch 1) on the stand-in corpus. Printed per
 repeat: the kill-to-first-step seconds, split at the moment the restarted run prints its model line (processes
 started, group joined, checkpoint read); medians at the end.
 """
@@ -26,6 +28,8 @@ PRESETS = {
     'tiny': ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=2', '--eval_iters=2',
              '--dataset=tiny'],
     'quick': ['config/train_shakespeare_char_cpu.py', '--eval_iters=5'],
+    'gpt2': ['config/model_gpt2.py', '--vocab_size=50304', '--block_size=256', '--batch_size=1', '--eval_iters=1',
+             '--dataset=tiny', '--eval_interval=4'],
 }
 
 
@@ -41,11 +45,10 @@ def tiny_data(folder):
                      'stoi': {chr(32 + i): i for i in range(65)}, 'itos': {i: chr(32 + i) for i in range(65)}}, f)
 
 
-def one_restart(preset, tmp):
-    argv = [*PRESETS[preset], '--device=cpu', '--compile=False', '--max_iters=100000', '--eval_interval=20',
+def one_restart(preset, tmp, data_dir):
+    argv = ['--eval_interval=20', *PRESETS[preset], '--device=cpu', '--compile=False', '--max_iters=100000',
             '--log_interval=1', '--init_from=auto', f'--out_dir={tmp}/out', '--gradient_accumulation_steps=2']
-    if preset == 'tiny':
-        argv.append(f'--data_dir={tmp}/data')
+    argv.append(f'--data_dir={data_dir or tmp + "/data"}')
     agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
                               '--nproc_per_node=2', 'train.py', *argv], cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -54,7 +57,7 @@ def one_restart(preset, tmp):
     reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in agent.stdout))
     reader.start()
     try:
-        while not any('saved checkpoint' in line for _, line in lines):  # the first checkpoint, at 20
+        while not any('saved checkpoint' in line for _, line in lines):  # the first checkpoint
             time.sleep(0.01)
             if agent.poll() is not None:
                 raise RuntimeError('the run ended before its first checkpoint')
@@ -83,9 +86,9 @@ def main():
     results = []
     for i in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            if preset == 'tiny':
+            if not options.get('data_dir'):
                 tiny_data(f'{tmp}/data')
-            started, first_step = one_restart(preset, tmp)
+            started, first_step = one_restart(preset, tmp, options.get('data_dir'))
         results.append(first_step)
         print(f'repeat {i + 1}: kill -> restarted run set up {started:.2f} s -> first step {first_step:.2f} s')
     print(f'{preset}: kill to first resumed step, median {statistics.median(results):.2f} s '
