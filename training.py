@@ -13,7 +13,6 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
 from model import GPTConfig
-from muon import MuonAdamW
 
 DEFAULTS = dict(
     # I/O
@@ -106,6 +105,7 @@ def configure_optimizer(model, cfg, machine):
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'adamw':
         return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
+    from muon import MuonAdamW  # read by Muon runs only
     matrices, others = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
