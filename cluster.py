@@ -1,8 +1,9 @@
 """
-What only a torchrun run has to decide (train.py imports this module under torchrun only): which folders the
-processes share, and so who prepares the data and whether the run can resume on every node.
+What only a torchrun run has to decide (machine.setup and train.py import this module under torchrun only): the
+store of each restart of the group, which folders the processes share, and so who prepares the data and whether
+the run can resume on every node.
 
-    store = cluster.attempt_store(world_size)               # machine.setup: the store of this restart
+    dist.init_process_group(..., **cluster.attempt_store(rank, world_size))   # machine.setup: this restart's store
     cluster.prepare(dataset, data_dir, out_dir, machine)   # every process, before reading data_dir
 
 A node is one torchrun agent (one machine): LOCAL_RANK numbers its processes, RANK all of them. out_dir must be one
@@ -20,28 +21,30 @@ import torch.distributed as dist
 from machine import GROUP_TIMEOUT
 
 
-def attempt_store(world_size):
-    """torchrun's store under a prefix of its own for each restart of the group: c10d's rendezvous keeps one store for
-    all (torch 2.13), where a restarted process would read the dead ones' addresses. None: the env:// store."""
+def attempt_store(rank, world_size):
+    """init_process_group's store, rank and world_size under torchrun's agent store: a key prefix of its own for each
+    restart of the group. c10d's rendezvous keeps one store for all restarts (torch 2.13), where a restarted process
+    read the dead ones' addresses (gloo: Connection refused). {}: torch's env:// store, as without an agent store."""
     if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
-        return None
+        return {}
     store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size, is_master=False,
                           timeout=GROUP_TIMEOUT)
-    return dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+    prefixed = dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+    return {'store': prefixed, 'rank': rank, 'world_size': world_size}
 
 
 def prepare(dataset, data_dir, out_dir, machine):
     """Check that out_dir is shared between nodes, and make data_dir/train.bin exist for every process (a collective:
     every process calls it, and all raise the same error)."""
-    nodes_of_their_own = several_nodes(machine)
-    if nodes_of_their_own and not is_shared(out_dir, machine):
+    multi_node = several_nodes(machine)
+    if multi_node and not is_shared(out_dir, machine):
         raise ValueError(f'out_dir={out_dir} is not one folder for all nodes (rank 0 wrote a file there that other '
                          'nodes do not see): checkpoints must be readable by every node to resume, so put out_dir '
                          'on a file system they share (NFS, Lustre, ...)')
     missing = not os.path.exists(os.path.join(data_dir, 'train.bin'))
     if not agreed(missing, dist.ReduceOp.MAX):
         return
-    shared = not nodes_of_their_own or is_shared(data_dir, machine)
+    shared = not multi_node or is_shared(data_dir, machine)
     import corpus  # writes the bins of a built-in dataset (Tiny Shakespeare); the others wait in its barrier
     corpus.prepare_missing(dataset, data_dir, missing and (machine.master if shared else machine.local_rank == 0))
 

@@ -11,7 +11,8 @@ Presets: 'tiny' is a 1-layer, 16-wide model on a stand-in corpus (the launcher's
 'quick' is config/train_shakespeare_char_cpu.py's model (needs data/shakespeare_char prepared); 'gpt2' is GPT-2
 small (124M parameters, 85M without the embeddings; block 256, batch 1) on the stand-in corpus. Printed per
 repeat: the kill-to-first-step seconds, split at the moment the restarted run prints its model line (processes
-started, group joined, checkpoint read); medians at the end.
+started, group joined, checkpoint read), and the seconds of the run's first save (from its evaluation's line
+to the save's: the cost of a time-based checkpoint); medians at the end.
 """
 
 import os
@@ -70,7 +71,8 @@ def one_restart(preset, tmp, data_dir):
             models = [t for t, line in after if line.startswith('model:')]
             steps = [t for t, line in after if line.startswith('iter ') and models and t > models[0]]
             if steps:
-                return models[0] - killed, steps[0] - killed
+                save = next(i for i, (_, line) in enumerate(lines) if 'saved checkpoint' in line)
+                return models[0] - killed, steps[0] - killed, lines[save][0] - lines[save - 1][0]
             if agent.poll() is not None:
                 raise RuntimeError('the run ended without a restart')
             time.sleep(0.01)
@@ -88,9 +90,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             if not options.get('data_dir'):
                 tiny_data(f'{tmp}/data')
-            started, first_step = one_restart(preset, tmp, options.get('data_dir'))
+            started, first_step, save = one_restart(preset, tmp, options.get('data_dir'))
         results.append(first_step)
-        print(f'repeat {i + 1}: kill -> restarted run set up {started:.2f} s -> first step {first_step:.2f} s')
+        print(f'repeat {i + 1}: kill -> restarted run set up {started:.2f} s -> first step {first_step:.2f} s; '
+              f'its first save took {save:.2f} s ({save / 1800:.3%} of the default 30-minute cadence)')
     print(f'{preset}: kill to first resumed step, median {statistics.median(results):.2f} s '
           f'({min(results):.2f}-{max(results):.2f}) over {repeats}')
 
