@@ -4,9 +4,9 @@ Where a model comes from, and out_dir/ckpt.pt.
     model, ckpt = checkpoint.init_model(cfg, meta, machine)      # train.py: init_from's model, built once
     model, source = checkpoint.load_model('resume', 'out')        # sample.py, evaluate.py, export.py
 
-init_from: 'scratch', 'resume' (out_dir's ckpt.pt, or FSDP's shards ckpt.dcp: sharded_checkpoint.py) or pretrained
-weights (hf.py: GPT-2, Llama, Qwen2 and Qwen3 folders and hub ids). Their architecture is kept: only dropout may
-change, and block_size shrink (positions cropped).
+init_from: 'scratch', 'resume' (out_dir's ckpt.pt, or FSDP's shards ckpt.dcp: sharded_checkpoint.py), pretrained
+weights (hf.py: GPT-2, Llama, Qwen2 and Qwen3 folders and hub ids), or 'auto' (resume where out_dir holds a
+checkpoint, else scratch). Their architecture is kept: only dropout may change, and block_size shrink (positions cropped).
 ckpt.pt has nanoGPT's keys (model, optimizer, model_args, iter_num, best_val_loss, config: the resolved settings)
 and ours: rng (every process's generators), scaler. A GPT-2 model's model_args has nanoGPT's GPTConfig keys only,
 so nanoGPT's sample.py reads it. Loading never runs code.
@@ -53,8 +53,13 @@ def source_kind(init_from):
     import hf  # only runs that start from pretrained weights read Hugging Face files
     if hf.is_pretrained(init_from):
         return 'pretrained'
-    raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', one of {', '.join(hf.PRETRAINED)}, a "
-                     'Hugging Face folder (GPT-2, Llama, Qwen2, Qwen3) or hub id (organization/name)')
+    raise ValueError(f"init_from={init_from!r} is not 'scratch', 'resume', 'auto', one of {', '.join(hf.PRETRAINED)}, "
+                     'a Hugging Face folder (GPT-2, Llama, Qwen2, Qwen3) or hub id (organization/name)')
+
+
+def resolved(init_from, out_dir):
+    """init_from with 'auto' decided: 'resume' where out_dir holds a checkpoint (ckpt.pt, ckpt.dcp), else 'scratch'."""
+    return ('resume' if find_checkpoint(out_dir) else 'scratch') if init_from == 'auto' else init_from
 
 
 @contextmanager
@@ -70,7 +75,7 @@ def master_first(machine):
 
 def open_source(init_from, out_dir):
     """The Source of init_from; pretrained weights are read (and downloaded) only when its `weights` is called."""
-    kind = source_kind(init_from)
+    kind = source_kind(resolved(init_from, out_dir))
     if kind == 'scratch':
         return Source('a new model')
     if kind == 'resume':

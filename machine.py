@@ -99,7 +99,9 @@ def setup(device='auto', dtype='auto', compile=None, backend='auto', peak_flops=
             raise ValueError(f"backend='nccl' needs CUDA GPUs, but the device is {device}: use --backend=gloo")
         backend = GPU_BACKEND if cuda and backend != 'gloo' else 'gloo'
         # device_id: NCCL binds its communicator to this GPU now instead of guessing it at the first collective
-        dist.init_process_group(backend, timeout=GROUP_TIMEOUT, device_id=torch.device(device) if cuda else None)
+        import cluster  # torchrun's concerns: only its runs read them
+        dist.init_process_group(backend, timeout=GROUP_TIMEOUT, device_id=torch.device(device) if cuda else None,
+                                **cluster.attempt_store(rank, world_size))
     dtype = resolve_dtype(dtype, device)
     if compile is None:  # CUDA capability 7.0+ (not MPS); on a CPU compiling outlasts the short runs people make
         compile = cuda and torch.cuda.get_device_capability(torch.device(device))[0] >= 7

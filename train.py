@@ -14,6 +14,7 @@ optimizer's step) is training.train_step. Writes out_dir/ckpt.pt (atomically; un
 of shards out_dir/ckpt.dcp) and out_dir/metrics.jsonl (one JSON object per logged iteration).
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -28,8 +29,8 @@ import machine as machines
 from atomic import run_lock
 from configurator import cli, configure
 from runlog import Log, format_seconds
-from training import (DEFAULTS, TYPES_OF_NONE, Schedule, configure_optimizer, estimate_loss, is_sharded,
-                      setting_problems, tokens_per_iter, train_step)
+from training import (DEFAULTS, EXIT_PREEMPTED, TYPES_OF_NONE, Schedule, configure_optimizer, estimate_loss,
+                      is_sharded, setting_problems, stop_signals, tokens_per_iter, train_step)
 
 
 def main(argv=None):
@@ -64,11 +65,15 @@ def train(cfg, machine):
                          f'{machine.world_size} processes: make it a multiple of {machine.world_size}')
     torch.manual_seed(cfg.seed)  # the same initial weights on every process (FSDP draws each shard's part)
     data_dir = dataset.folder(cfg.dataset, cfg.data_dir)
-    if not os.path.exists(os.path.join(data_dir, 'train.bin')):
+    if machine.world_size > 1:
+        import cluster  # torchrun's concerns: a shared out_dir, which processes prepare the data
+        cluster.prepare(cfg.dataset, data_dir, cfg.out_dir, machine)
+    elif not os.path.exists(os.path.join(data_dir, 'train.bin')):
         import corpus  # writes the bins of a built-in dataset (Tiny Shakespeare) the first time
-        corpus.prepare_missing(cfg.dataset, data_dir, machine.master)
+        corpus.prepare_missing(cfg.dataset, data_dir)
     meta = dataset.load_meta(data_dir)
     existing = checkpoint.find_checkpoint(cfg.out_dir)
+    cfg = cfg.replace(init_from=checkpoint.resolved(cfg.init_from, cfg.out_dir))  # 'auto': 'resume' or 'scratch'
     if cfg.init_from != 'resume' and not cfg.eval_only and not cfg.overwrite and existing:
         raise ValueError(f'{existing} holds a run already: continue it with --init_from=resume, start over in its '
                          'place with --overwrite=True, or choose another --out_dir')
@@ -104,14 +109,12 @@ def train(cfg, machine):
     if cfg.hellaswag_interval:
         import hellaswag
         score_hellaswag = hellaswag.scorer(data_dir, cfg.hellaswag_data, machine)
-    log = Log(cfg, machine, iter_num)
-    try:
-        return train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag)
-    finally:
-        log.close()
+    with contextlib.closing(Log(cfg, machine, iter_num)) as log, stop_signals() as stop:
+        return train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss,
+                          score_hellaswag, stop)
 
 
-def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag):
+def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag, stop):
     raw_model = model
     if machine.compile:
         if machine.master:
@@ -121,8 +124,8 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
     if machine.world_size > 1 and not is_sharded(model):
         model = DDP(model, device_ids=[machine.local_rank] if machine.device_type == 'cuda' else None)
     schedule = Schedule(cfg)
-    start_iter, losses_logged = iter_num, []
-    t_start = t0 = time.time()
+    start_iter, losses_logged, save_due, stopping = iter_num, [], False, False
+    t_start = t0 = t_saved = time.time()
     while True:
         evaluated = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only
         if evaluated:
@@ -134,18 +137,31 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
                                                                 or cfg.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses['val'])
                 save(raw_model, optimizer, scaler, cfg, machine, iter_num, best_val_loss, losses['val'])
+                save_due, t_saved = False, time.time()
         if score_hellaswag and (iter_num % cfg.hellaswag_interval == 0 or iter_num >= cfg.max_iters):
             log.hellaswag(iter_num, score_hellaswag(raw_model))
             evaluated = True
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
+        if save_due or stopping:  # after the step's evaluation, as the unbroken run evaluates: resumes exactly
+            save(raw_model, optimizer, scaler, cfg, machine, iter_num, best_val_loss, None)
+            save_due, t0, t_saved = False, time.time(), time.time()
+        if stopping:
+            if machine.master:
+                print(f'stopped by {stop[0]} at iteration {iter_num}, saved: the same command with '
+                      f'--init_from=auto continues it (exit status {EXIT_PREEMPTED})')
+            raise SystemExit(EXIT_PREEMPTED)
         if evaluated:
             t0 = time.time()  # the evaluations' time is not the next iteration's
         lr = schedule.apply(optimizer, iter_num)
         loss = train_step(model, optimizer, scaler, batches, iter_num, cfg, machine)
+        # the loss's all_reduce carries a stop signal or a due time-based save of any process: all act together
+        flags = [bool(stop), 0 < cfg.checkpoint_interval_minutes * 60 < time.time() - t_saved]
+        summed = torch.cat([loss.view(1), loss.new_tensor(flags)])
         if machine.world_size > 1:
-            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
-        lossf = loss.item()  # once per step: cheap, and it catches a diverging run at once
+            torch.distributed.all_reduce(summed)
+        loss_sum, stopping, save_due = summed.tolist()  # once per step: cheap, and it catches a diverging run at once
+        lossf = loss_sum / machine.world_size
         if not math.isfinite(lossf):
             raise not_finite(iter_num, cfg, 'the training loss')
         t1 = time.time()

@@ -4,6 +4,8 @@ GPT-2 124M on OpenWebText), the optimizer, the learning rate schedule, one optim
 """
 
 import math
+import signal
+from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
@@ -11,19 +13,19 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
 from model import GPTConfig
-from muon import MuonAdamW
 
 DEFAULTS = dict(
     # I/O
     out_dir='out',
     eval_interval=2000,
+    checkpoint_interval_minutes=30.0,  # also save this often between evaluations, bounding a crash's loss; 0: never
     log_interval=1,
     eval_iters=200,
     eval_only=False,  # evaluate once, print and exit (writes nothing)
     hellaswag_interval=0,  # score HellaSwag (GPT-2 BPE models) every this many iterations; 0: never
     hellaswag_data='',  # hellaswag_val.jsonl; '' downloads it once into a cache folder (see hellaswag.py)
     always_save_checkpoint=True,  # save at every eval, not only when val loss improves
-    init_from='scratch',  # 'scratch', 'resume' (from out_dir's checkpoint), 'gpt2*' or a Hugging Face GPT-2 folder
+    init_from='scratch',  # 'scratch', 'resume', 'auto' (resume where out_dir has a checkpoint), 'gpt2*', an HF folder
     overwrite=False,  # start a new run in an out_dir that holds one: its ckpt.pt and metrics.jsonl are replaced
     wandb_log=False, wandb_project='owt', wandb_run_name='gpt2',  # wandb (WANDB_MODE=offline needs no account)
     # data
@@ -66,6 +68,7 @@ DEFAULTS = dict(
     seed=1337,
 )
 TYPES_OF_NONE = {'vocab_size': int, 'd_ff': int, 'n_kv_head': int, 'compile': bool}
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, saved; the same command continues it (init_from='auto')
 CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd'), 'parallel': ('ddp', 'fsdp')}
 
 
@@ -74,7 +77,8 @@ def setting_problems(cfg, keys=None):
     keys = set(DEFAULTS if keys is None else keys)
     at_least = {k: 1 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval')}
     at_least.update({k: 0 for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'weight_decay', 'grad_clip',
-                                    'learning_rate', 'min_lr', 'peak_flops', 'seed', 'hellaswag_interval')})
+                                    'learning_rate', 'min_lr', 'peak_flops', 'seed', 'hellaswag_interval',
+                                    'checkpoint_interval_minutes')})
     wording = {1: 'must be at least 1', 0: 'must be 0 or more', 'grad_clip': 'must be 0 or more (0 disables clipping)',
                'peak_flops': 'must be positive (FLOP/s, e.g. 989e12), or 0 to measure it'}
     out = [f'{k}={cfg[k]} {wording.get(k, wording[least])}'
@@ -99,6 +103,7 @@ def configure_optimizer(model, cfg, machine):
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'adamw':
         return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
+    from muon import MuonAdamW  # read by Muon runs only
     matrices, others = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -178,6 +183,20 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
+
+
+@contextmanager
+def stop_signals():
+    """While training, SIGTERM (a scheduler's stop, torchrun's shutdown) or SIGUSR1 (SLURM's warning ahead of a
+    preemption) is appended to the list yielded: the run saves at the end of its step and exits with EXIT_PREEMPTED."""
+    asked = []
+    before = {s: signal.signal(s, lambda signum, _: asked.append(signal.Signals(signum).name))
+              for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield asked
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def my_share(n, rank, world_size, model):

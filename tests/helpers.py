@@ -118,11 +118,56 @@ def start(script, *argv, processes=None, cwd=ROOT, env=None, preexec_fn=None, ca
                             preexec_fn=preexec_fn, stdout=output, stderr=output, text=True)
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a torchrun master or rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def start_nodes(script, *argv, nodes=2, processes=1, rendezvous=False, node_argv=None, env=None):
+    """torchrun agents on this machine, one per "node", each with `processes` processes, joined over 127.0.0.1:
+    the static form (--node_rank, --master_addr, --master_port) or the c10d rendezvous (--rdzv_endpoint). Each is
+    started in a process group of its own (kill_tree ends it whole); node_argv(rank) adds arguments per node."""
+    port = free_port()
+    join = ['--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}', '--rdzv_id=test'] if rendezvous else [
+        '--master_addr=127.0.0.1', f'--master_port={port}']
+    agents = []
+    for rank in range(nodes):
+        launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nnodes={nodes}', f'--nproc_per_node={processes}',
+                    *(join if rendezvous else [f'--node_rank={rank}', *join])]
+        command = [*launcher, os.path.join(ROOT, script), *map(str, argv), *(node_argv(rank) if node_argv else [])]
+        agents.append(subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1', **(env or {})),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       start_new_session=True))
+    return agents
+
+
+def kill_tree(process, sig=None):
+    """Signal a process started in a session of its own and everything it started (SIGKILL by default)."""
+    import signal
+    try:
+        os.killpg(process.pid, sig or signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def children(pid):
+    """The pids of a process's children (Linux /proc)."""
+    kids = []
+    for task in os.listdir(f'/proc/{pid}/task'):
+        with open(f'/proc/{pid}/task/{task}/children') as f:
+            kids += map(int, f.read().split())
+    return kids
+
+
 def finish(process, timeout=TIMEOUT):
     """A started process's result once it ends; past the timeout it is killed and the timeout raised."""
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        kill_tree(process)  # with what it started, where it leads a session of its own (start_nodes)
         process.kill()
         process.communicate()
         raise
