@@ -169,14 +169,17 @@ def create_app(engine, tokenizer, model_name, cfg):
 
     async def each_event(request, job, events):
         """The job's events until each of its rows is done; stops early (and cancels it) when the client leaves."""
-        open_rows = job.sampling.n
+        open_rows, checked = job.sampling.n, time.monotonic()
         try:
             while open_rows:
-                try:
-                    event = await asyncio.wait_for(events.get(), POLL_SECONDS)
-                except asyncio.TimeoutError:
+                if time.monotonic() - checked > POLL_SECONDS:  # a reply that is not streamed sends nothing till the end
                     if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                try:
+                    event = events.get_nowait() if not events.empty() else \
+                        await asyncio.wait_for(events.get(), POLL_SECONDS)
+                except asyncio.TimeoutError:
                     continue
                 if event[0] == 'error':
                     raise APIError(500, event[1], 'server_error')

@@ -206,12 +206,20 @@ def test_queue_full_health_and_disconnect(small_server):
                 assert time.monotonic() - t0 < 1 and health['running'] == 1, health
                 running.close()  # the first client leaves: the waiting one starts
                 assert next(line for line in waiting_lines if line.startswith('data:'))
-            deadline = time.monotonic() + 10
-            while (health := httpx.get(url + '/health').json())['running'] or health['waiting']:
-                assert time.monotonic() < deadline, health
-                time.sleep(0.05)
+            wait_until_idle(url)  # the second client left too
+        with pytest.raises(httpx.ReadTimeout):  # a reply that is not streamed: the client gives up waiting
+            http.post(url + '/v1/completions', json=dict(endless, stream=False), timeout=1)
+        wait_until_idle(url)
         done = http.post(url + '/v1/completions', json={'prompt': 'the', 'max_tokens': 2})
         assert done.status_code == 200
+
+
+def wait_until_idle(url, seconds=10):
+    """Until the engine runs and queues nothing (clients that left freed their places)."""
+    deadline = time.monotonic() + seconds
+    while (health := httpx.get(url + '/health').json())['running'] or health['waiting']:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
