@@ -26,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+import tokenizer as tokenizers
 from atomic import atomic_path
-from dataset import vocab_dtype
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 BUILTIN_TOKENIZERS = {'shakespeare_char': 'char', 'shakespeare': 'gpt2'}
@@ -47,6 +47,7 @@ class Piece(NamedTuple):
     text: str
     ends_document: bool  # the last piece of its document: the end-of-text token follows it
     val: bool  # the document goes to val.bin (val_by_document only)
+    starts_document: bool = True  # the first piece of its document: a BOS precedes it (Llama's tokenizers)
 
 
 class Batch(NamedTuple):
@@ -191,13 +192,15 @@ def batches(files, text_field, val_fraction=0.0, val_by_document=False):
         draws = np.random.default_rng([VAL_SEED, index])
         val = val_by_document and draws.random() < val_fraction
         document = ''  # the part of the current document not yet in a piece
+        first = True  # no piece of the current document yet
         for text, ends_document, read in read_documents(path, text_field):
             document += text
             nbytes += read
             while len(document) > BATCH_CHARS or (ends_document and document):
                 cut = cut_point(document, BATCH_CHARS) if len(document) > BATCH_CHARS else len(document)
                 last = cut == len(document) and ends_document
-                pieces.append(Piece(document[:cut], last, val))
+                pieces.append(Piece(document[:cut], last, val, first))
+                first = False
                 size += cut
                 document = document[cut:]
                 if size >= BATCH_CHARS:
@@ -205,6 +208,7 @@ def batches(files, text_field, val_fraction=0.0, val_by_document=False):
                     pieces, size, nbytes = [], 0, 0.0
             if ends_document:
                 val = val_by_document and draws.random() < val_fraction
+                first = True
     if pieces or nbytes:
         yield Batch(pieces, nbytes)
 
@@ -226,22 +230,29 @@ def get_encoding(name):
 
 
 class Encoder:
-    """Turns a Batch into token ids of the dataset's dtype: (train ids, val ids)."""
+    """Turns a Batch into token ids of the dataset's dtype: (train ids, val ids). A tokenizer.json dataset's
+    tokenizer is read from folder (the preparation's copy of it)."""
 
-    def __init__(self, meta):
+    def __init__(self, meta, folder=''):
         self.dtype = np.dtype(meta['dtype'])
+        self.start_of_document = self.end_of_document = np.empty(0, self.dtype)
+        self.encode_ordinary = None  # text -> ids, no special tokens added; None for char
         if meta['tokenizer'] == 'char':
-            self.enc = None
             # itos is in sorted order, so a character's id is its rank among these code points
             self.code_points = np.array([ord(meta['itos'][i]) for i in range(meta['vocab_size'])], np.uint32)
-            self.end_of_document = np.empty(0, self.dtype)
+        elif meta['tokenizer'] == tokenizers.HFTokenizer.name:  # each document is BOS (if the family has one) text EOS
+            enc = tokenizers.HFTokenizer(folder)
+            self.encode_ordinary = functools.partial(enc.encode, bos=False)
+            self.start_of_document = np.array([enc.bos_id] if enc.add_bos else [], self.dtype)
+            self.end_of_document = np.array([] if enc.eos_id is None else [enc.eos_id], self.dtype)
         else:
-            self.enc = get_encoding(meta['tokenizer'])
-            self.end_of_document = np.array([self.enc.eot_token], self.dtype)
+            enc = get_encoding(meta['tokenizer'])
+            self.encode_ordinary = enc.encode_ordinary
+            self.end_of_document = np.array([enc.eot_token], self.dtype)
 
     def encode_text(self, text):
-        if self.enc is not None:
-            return np.array(self.enc.encode_ordinary(text), self.dtype)
+        if self.encode_ordinary is not None:
+            return np.array(self.encode_ordinary(text), self.dtype)
         code_points = np.frombuffer(text.encode('utf-32-le'), np.uint32)
         ids = np.searchsorted(self.code_points, code_points)
         if not np.array_equal(self.code_points[np.minimum(ids, len(self.code_points) - 1)], code_points):
@@ -253,6 +264,8 @@ class Encoder:
         ids = ([], [])  # train, val
         for piece in batch.pieces:
             piece_ids = self.encode_text(piece.text)
+            if piece.starts_document:
+                piece_ids = np.concatenate([self.start_of_document, piece_ids])
             if piece.ends_document:
                 piece_ids = np.concatenate([piece_ids, self.end_of_document])
             if max_tokens is not None:
@@ -267,22 +280,22 @@ class Encoder:
 worker_encoder = None  # each pool worker's Encoder, built once by start_worker
 
 
-def start_worker(meta):
+def start_worker(make_encoder):
     global worker_encoder
-    worker_encoder = Encoder(meta)
+    worker_encoder = make_encoder()
 
 
 def encode_in_worker(batch):
     return worker_encoder.encode(batch)
 
 
-def encoded(batches, meta, pool, num_proc):
+def encoded(batches, make_encoder, pool, num_proc):
     """(batch, (train ids, val ids)) for each batch, in order: in this process when pool is None,
     else on the pool's num_proc workers with at most two batches each read ahead. (Pool.imap would
     read its whole input ahead as fast as it can, which can mean the whole corpus in RAM; and a
     ProcessPoolExecutor, unlike a multiprocessing.Pool, fails instead of hanging when a worker dies.)"""
     if pool is None:
-        encoder = Encoder(meta)
+        encoder = make_encoder()
         for batch in batches:
             yield batch, encoder.encode(batch)
         return
@@ -297,8 +310,26 @@ def encoded(batches, meta, pool, num_proc):
         yield batch, result.result()
 
 
-def make_meta(tokenizer, files, text_field):
+def vocab_dtype(vocab_size):
+    """The smallest unsigned integer type that holds every token id."""
+    return 'uint16' if vocab_size <= 2 ** 16 else 'uint32'
+
+
+def tokenizer_copy(work_dir):
+    """Where a preparation keeps its copy of a Hugging Face tokenizer's files, until they join the bins."""
+    return os.path.join(work_dir, 'tokenizer')
+
+
+def tokenizer_files(folder):
+    """The files of a Hugging Face tokenizer that folder holds (none when it is not there)."""
+    return [name for name in tokenizers.TOKENIZER_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
+def make_meta(tokenizer, files, text_field, hf_tokenizer=None):
     """meta.pkl's contents; for char this reads the corpus once for its set of characters."""
+    if hf_tokenizer is not None:
+        return {'vocab_size': hf_tokenizer.vocab_size, 'dtype': vocab_dtype(hf_tokenizer.vocab_size),
+                'tokenizer': hf_tokenizer.name, 'fingerprint': hf_tokenizer.fingerprint}
     if tokenizer != 'char':
         enc = get_encoding(tokenizer)
         return {'vocab_size': enc.n_vocab, 'dtype': vocab_dtype(enc.n_vocab), 'tokenizer': tokenizer}
@@ -344,18 +375,25 @@ def prepare_corpus(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, num_proc
         raise ValueError(f'{source} is empty: there is no text to prepare')
     if max_tokens is not None:
         source = f'the first {max_tokens:,} tokens of {source}'
-    if tokenizer != 'char':
+    hf_folder = tokenizers.hf_folder(tokenizer)  # a Hugging Face tokenizer's, else None: char or tiktoken
+    hf_tokenizer = tokenizers.HFTokenizer(hf_folder) if hf_folder else None
+    if tokenizer != 'char' and hf_tokenizer is None:
         get_encoding(tokenizer)  # fail now on an unknown or unloadable one, not in every worker
 
     work_dir = os.path.join(out_dir, '.prepare')
     plan = {'files': [(os.path.abspath(p), st.st_size, st.st_mtime_ns) for p, st in zip(files, file_stats)],
             'tokenizer': tokenizer, 'text_field': text_field, 'val_fraction': val_fraction,
-            'val_by_document': val_by_document, 'max_tokens': max_tokens}
+            'val_by_document': val_by_document, 'max_tokens': max_tokens,
+            'fingerprint': hf_tokenizer and hf_tokenizer.fingerprint}
     with disk_errors(out_dir, work_dir):
         meta = resume(work_dir, plan)
         if meta is None:
             shutil.rmtree(work_dir, ignore_errors=True)  # another corpus's or settings' pieces
-            meta = make_meta(tokenizer, files, text_field)
+            meta = make_meta(tokenizer, files, text_field, hf_tokenizer)
+            if hf_tokenizer:  # the files themselves, read from here on: a later change to the folder is not mixed in
+                os.makedirs(tokenizer_copy(work_dir))
+                for name in tokenizer_files(hf_folder):
+                    shutil.copyfile(os.path.join(hf_folder, name), os.path.join(tokenizer_copy(work_dir), name))
             with atomic_path(os.path.join(work_dir, 'plan.json')) as tmp, open(tmp, 'w') as f:
                 json.dump({'plan': plan, 'meta': meta}, f)
         parts = split_into_parts(list(enumerate(files)), [st.st_size for st in file_stats])
@@ -408,12 +446,17 @@ def write_dataset(out_dir, work_dir, n_parts, meta, val_fraction, val_by_documen
                          f'{n_val:,} val tokens with val_fraction={val_fraction} (each needs at least '
                          f'{MIN_SPLIT_TOKENS}): add text or change --val_fraction')
 
-    # the old train.bin goes first; then meta.pkl, val.bin and train.bin are renamed into place in that order
-    # (the contexts close in reverse): a folder with a train.bin always has the meta.pkl and val.bin of its set
+    # the old train.bin goes first; then a Hugging Face tokenizer's files, meta.pkl, val.bin and train.bin are renamed
+    # into place in that order (the contexts close in reverse): a folder with a train.bin always has the other files
+    # of its set
     meta = dict(meta, train_tokens=n_train, val_tokens=n_val)
     with atomic_path(os.path.join(out_dir, 'train.bin')) as train_tmp, \
             atomic_path(os.path.join(out_dir, 'val.bin')) as val_tmp, \
-            atomic_path(os.path.join(out_dir, 'meta.pkl')) as meta_tmp:
+            atomic_path(os.path.join(out_dir, 'meta.pkl')) as meta_tmp, \
+            contextlib.ExitStack() as tokenizer_tmps:
+        for name in tokenizer_files(tokenizer_copy(work_dir)):
+            tmp = tokenizer_tmps.enter_context(atomic_path(os.path.join(out_dir, name)))
+            shutil.copyfile(os.path.join(tokenizer_copy(work_dir), name), tmp)
         write_bin(*train_range, train_tmp, meta['dtype'], 'train.bin')
         write_bin(*val_range, val_tmp, meta['dtype'], 'val.bin')
         with open(meta_tmp, 'wb') as f:
@@ -464,6 +507,7 @@ def tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens=None):
     stops after that many tokens: the batch where it does is encoded again here up to the cut, and
     the parts after it get empty pieces. Parts are done in order, so the tokens of the done ones are
     what a resumed run has already taken."""
+    make_encoder = functools.partial(Encoder, meta, tokenizer_copy(work_dir))  # picklable, for the workers
     done = [i for i in range(len(parts)) if os.path.exists(piece_path(work_dir, i, 'train'))]
     if done:
         print(f'resuming: {len(done)} of {len(parts)} parts are already tokenized in {work_dir}')
@@ -477,7 +521,7 @@ def tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens=None):
     else:  # in tokens: how much of the input the cut needs is not known in advance
         progress = tqdm(total=max_tokens, initial=done_tokens, unit='tok', unit_scale=True, desc='tokenizing', delay=1)
     if num_proc > 1:
-        workers = ProcessPoolExecutor(num_proc, initializer=start_worker, initargs=(meta,))
+        workers = ProcessPoolExecutor(num_proc, initializer=start_worker, initargs=(make_encoder,))
     else:
         workers = contextlib.nullcontext()  # None: encode in this process, without forking
     with workers as pool, progress as bar:
@@ -489,9 +533,9 @@ def tokenize_parts(parts, read, meta, num_proc, work_dir, max_tokens=None):
                     open(train_tmp, 'wb') as train_file, open(val_tmp, 'wb') as val_file:
                 if left == 0:
                     continue  # the stream was cut before this part: its pieces stay empty
-                for batch, (train_ids, val_ids) in encoded(read(files), meta, pool, num_proc):
+                for batch, (train_ids, val_ids) in encoded(read(files), make_encoder, pool, num_proc):
                     if left is not None and len(train_ids) + len(val_ids) > left:
-                        train_ids, val_ids = Encoder(meta).encode(batch, left)  # the cut, to the token
+                        train_ids, val_ids = make_encoder().encode(batch, left)  # the cut, to the token
                     train_file.write(train_ids.tobytes())
                     val_file.write(val_ids.tobytes())
                     taken = len(train_ids) + len(val_ids)

@@ -2,10 +2,11 @@
 A prepared dataset: data/<name>/train.bin and val.bin, one long stream of token ids each, and meta.pkl,
 which says how to read them; the batches a training run draws from them (text <-> ids: tokenizer.py).
 
-meta.pkl is a dict of plain values: vocab_size, dtype ('uint16' | 'uint32'), tokenizer ('char' or a tiktoken
-encoding such as 'gpt2'), for 'char' the stoi / itos tables, and the bins' token counts (train_tokens, val_tokens),
-checked on reading so that the files of two preparations are never read together. nanoGPT's meta.pkl (char, no
-dtype, tokenizer or counts) and its meta-less GPT-2 bins read as uint16 / gpt2. Reading a meta.pkl runs no code.
+meta.pkl is a dict of plain values: vocab_size, dtype ('uint16' | 'uint32'), tokenizer ('char', a tiktoken encoding
+such as 'gpt2', or 'tokenizer.json': a Hugging Face tokenizer copied beside the bins, with its fingerprint), for
+'char' the stoi / itos tables, and the bins' token counts (train_tokens, val_tokens), checked on reading so that the
+files of two preparations are never read together. nanoGPT's meta.pkl (char, no dtype, tokenizer or counts) and its
+meta-less GPT-2 bins read as uint16 / gpt2. Reading a meta.pkl runs no code.
 """
 
 import hashlib
@@ -51,8 +52,10 @@ def meta_problems(meta):
     tokenizer = meta.get('tokenizer', 'char')  # no key: nanoGPT's, which writes a meta.pkl for char data only
     if not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
         out.append(f"vocab_size={meta.get('vocab_size')!r} is not a positive integer")
-    if not isinstance(tokenizer, str):
-        out.append(f"tokenizer={tokenizer!r} is not 'char' or the name of a tiktoken encoding")
+    if not isinstance(tokenizer, str) or os.path.basename(tokenizer) != tokenizer:  # a name, never a path
+        out.append(f"tokenizer={tokenizer!r} is not 'char', 'tokenizer.json' or the name of a tiktoken encoding")
+    if tokenizer == 'tokenizer.json' and not isinstance(meta.get('fingerprint'), str):
+        out.append('a tokenizer.json dataset needs the fingerprint of its tokenizer (prepare.py records it)')
     if meta.get('dtype', 'uint16') not in ('uint16', 'uint32'):
         out.append(f"dtype={meta['dtype']!r} is not 'uint16' or 'uint32'")
     if tokenizer == 'char':
@@ -75,11 +78,6 @@ def padded_vocab(n, multiple=64):
 
 def token_dtype(meta):
     return np.dtype(meta['dtype'] if meta else 'uint16')
-
-
-def vocab_dtype(vocab_size):
-    """The smallest unsigned integer type that holds every token id."""
-    return 'uint16' if vocab_size <= 2 ** 16 else 'uint32'
 
 
 def check_bins(data_dir, meta, block_size):
@@ -136,6 +134,8 @@ def fingerprint(meta):
     """A short sha256 of meta's vocabulary (None: GPT-2's BPE). A checkpoint records its data's, so that ids
     remapped by a new preparation (another character set of the same size) are caught by every reader."""
     meta = meta or {'tokenizer': 'gpt2'}
+    if meta.get('tokenizer') == 'tokenizer.json':  # its tokens by id, hashed by tokenizer.HFTokenizer
+        return meta['fingerprint']
     char = meta.get('tokenizer', 'char') == 'char'
     vocabulary = [meta['itos'][i] for i in range(len(meta['itos']))] if char else meta['tokenizer']  # tiktoken's name
     return hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:16]

@@ -96,10 +96,12 @@ def parse(line, where):
 
 
 def check_tokenizer(tokenizer):
-    """HellaSwag is scored in GPT-2's BPE tokens: a model that reads other tokens cannot be compared."""
-    if tokenizer.name != 'gpt2':
-        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one's is {tokenizer.name!r}: "
-                         'evaluate a model trained on GPT-2 tokens (openwebtext, fineweb_edu, gpt2*)')
+    """HellaSwag is scored in a model's own subword tokens, GPT-2's BPE or a Hugging Face model's tokenizer.json
+    (whose figures compare with that family's); characters or another tiktoken encoding compare with nothing."""
+    if tokenizer.name not in ('gpt2', 'tokenizer.json'):
+        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer or a Hugging Face model's, and this "
+                         f'one\'s is {tokenizer.name!r}: evaluate a model trained on GPT-2 tokens (openwebtext, '
+                         'fineweb_edu, gpt2*) or a Hugging Face model (or one finetuned from it)')
 
 
 def checked_examples(tokenizer, path, machine, max_examples=None):
@@ -109,10 +111,10 @@ def checked_examples(tokenizer, path, machine, max_examples=None):
         return load_examples(path or None, max_examples)
 
 
-def scorer(meta, path, machine):
-    """HellaSwag's score of a model, as a function, for train.py's evaluations during training."""
-    from tokenizer import Tokenizer
-    tokenizer = Tokenizer(meta)
+def scorer(data_dir, path, machine):
+    """HellaSwag's score of a model trained on data_dir, as a function, for train.py's evaluations during training."""
+    from tokenizer import for_data
+    tokenizer = for_data(data_dir)
     examples = checked_examples(tokenizer, path, machine)
     return lambda model: evaluate(model, tokenizer, examples, machine)
 
@@ -124,7 +126,7 @@ def render(example, tokenizer, block_size):
     rows so that the endings are compared after the same context."""
     context = tokenizer.encode(example['ctx'])
     # an ending longer than the window (never with GPT-2's 1024) is scored on its first block_size tokens
-    endings = [tokenizer.encode(' ' + ending)[:block_size] for ending in example['endings']]
+    endings = [tokenizer.encode(' ' + ending, bos=False)[:block_size] for ending in example['endings']]
     context = context[-(block_size + 1 - max(map(len, endings))):]
     rows = [context + ending for ending in endings]
     tokens = torch.zeros((4, max(map(len, rows))), dtype=torch.long)

@@ -325,8 +325,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, on_token=None, vocab_size=None):
         """Continue each row of idx (LongTensor (B, T)) by max_new_tokens tokens with a KV cache (temperature=0 is
         greedy). When the cache is full, the last block_size // 2 tokens are re-run as a fresh prefill: each token
-        sees at least half a context. on_token(tokens (B, 1)) is called after each step, for streaming; vocab_size
-        limits sampling to the ids a tokenizer decodes. Nothing here waits for the device: a GPU runs ahead."""
+        sees at least half a context. on_token(tokens (B, 1)) is called after each step (streaming; True stops: EOS);
+        vocab_size limits sampling to the ids a tokenizer decodes. Nothing here waits for the device: a GPU runs ahead."""
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -337,8 +337,8 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             idx_next = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
-            if on_token is not None:
-                on_token(idx_next)
+            if on_token is not None and on_token(idx_next):
+                break
             if cache.pos == block_size:  # full: start again from the last half context
                 cache.pos = 0
                 logits, _ = self(idx[:, -(block_size // 2 or 1):], kv_cache=cache)

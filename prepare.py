@@ -4,13 +4,18 @@ Token bins from text: the machinery behind data/*/prepare.py, and the script for
     python prepare.py path/to/folder --name=mydata                          # GPT-2 BPE, all cores
     python prepare.py notes.txt more_notes.txt --name=notes --tokenizer=char --val_fraction=0.05
     python prepare.py corpus.jsonl --name=web --text_field=content --num_proc=8
+    python prepare.py input.txt --name=smol --tokenizer=path/to/SmolLM2-135M     # a Hugging Face tokenizer.json
+    python prepare.py input.txt --name=qwen --tokenizer=Qwen/Qwen2.5-0.5B         # a hub id: its tokenizer files
 
 writes data/<name>/train.bin, val.bin and meta.pkl (--out_dir=DIR writes there instead). An input
 is a file, or a folder searched recursively for .txt files (each one document), .jsonl files (one
 JSON object per line; the document is its --text_field) and .parquet files (the --text_field
 column), taken in sorted path order. With gpt2 (or any tiktoken encoding, e.g. cl100k_base) every
-document ends with <|endoftext|>; with char the documents are concatenated as they are. val.bin is
-the last --val_fraction of the token stream, as in nanoGPT's shakespeare_char.
+document ends with <|endoftext|>; with char the documents are concatenated as they are; with a Hugging
+Face tokenizer (a folder holding its tokenizer.json, or a hub id) each document is its BOS if the
+family adds one (Llama's), the text, and its EOS, the ids are uint32 when the vocabulary passes 65,536
+(Qwen's 151,665), and the tokenizer's files are copied beside the bins, which a finetune of that
+model reads. val.bin is the last --val_fraction of the token stream, as in nanoGPT's shakespeare_char.
 
 Large corpora: documents are streamed in batches of about a megabyte through a pool of --num_proc
 processes, so memory stays bounded; the tokens of each part of the corpus (about 64 MB of input)
@@ -30,7 +35,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = {
     'name': '',  # writes data/<name>/
     'out_dir': '',  # or writes here
-    'tokenizer': 'gpt2',  # char, gpt2, or another tiktoken encoding such as cl100k_base
+    'tokenizer': 'gpt2',  # char, gpt2, another tiktoken encoding (cl100k_base), a folder with a tokenizer.json, a hub id
     'val_fraction': 0.1,
     'num_proc': os.cpu_count() or 1,
     'text_field': 'text',  # the .jsonl field / .parquet column that holds the text

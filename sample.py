@@ -4,9 +4,12 @@ Sample from a trained model, or from OpenAI's GPT-2.
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0 --out_file=samples.txt
+    python sample.py --init_from=path/to/SmolLM2-135M-Instruct --start="What is rain?" --chat=True
 
 All samples are generated together as one batch, with a key/value cache; the first sample of
-the batch is printed as it is generated, the others when the batch is done.
+the batch is printed as it is generated, the others when the batch is done. With a Hugging Face
+tokenizer (a model folder's, or the dataset's) a sample ends at its EOS or end of turn, which is
+not printed, and generation ends when every sample has ended.
 """
 
 import contextlib
@@ -20,22 +23,35 @@ import machine as machines
 import tokenizer as tokenizers
 from atomic import atomic_path
 from configurator import cli, configure
-from sampling import DEFAULTS, SEPARATOR, TYPES_OF_NONE, check_options, read_prompt
+from sampling import DEFAULTS, SEPARATOR, TYPES_OF_NONE, check_options, prompt_ids
 
 
 class Streamer:
-    """Prints the first row's new tokens as they come. Decodes the whole row each time and holds back a
+    """Prints the first row's new tokens as they come, until that row gives one of the tokenizer's stop ids;
+    returns True, which ends generation, once every row has. Decodes the whole row each time and holds back a
     trailing partial character: one BPE token can be half of a multi-byte UTF-8 character."""
 
-    def __init__(self, tokenizer, prompt_ids, write):
+    def __init__(self, tokenizer, prompt_ids, write, rows=1):
         self.tokenizer, self.ids, self.write = tokenizer, list(prompt_ids), write
         self.printed = len(tokenizer.decode(self.ids))
+        self.stop_ids = torch.tensor(tokenizer.stop_ids, dtype=torch.long)
+        self.stopped = torch.zeros(rows, dtype=torch.bool)
 
     def __call__(self, tokens):
-        self.ids.append(tokens[0, 0].item())
-        text = self.tokenizer.decode(self.ids).rstrip('\ufffd')
-        self.write(text[self.printed:])
-        self.printed = max(self.printed, len(text))
+        if len(self.stop_ids):
+            self.stopped |= torch.isin(tokens[:, 0].cpu(), self.stop_ids)
+        if not self.stopped[0]:
+            self.ids.append(tokens[0, 0].item())
+            text = self.tokenizer.decode(self.ids).rstrip('\ufffd')
+            self.write(text[self.printed:])
+            self.printed = max(self.printed, len(text))
+        return bool(self.stopped.all())
+
+
+def until_stop(ids, start, stop_ids):
+    """ids up to the first stop id at or after position start (the generated part), which is left out."""
+    ends = [i for i in range(start, len(ids)) if ids[i] in stop_ids]
+    return ids[:ends[0]] if ends else ids
 
 
 def print_now(text):
@@ -46,19 +62,23 @@ def print_now(text):
 def generate_samples(model, tokenizer, machine, cfg, write=print_now):
     """Generate cfg['num_samples'] continuations of the prompt as one batch on the machine and write them as
     they come; returns the list of sample texts (prompt included). Only ids the tokenizer decodes are sampled."""
-    prompt_ids = tokenizer.encode(read_prompt(cfg['start']))
-    if not prompt_ids:
+    prompt = prompt_ids(tokenizer, cfg['start'], cfg['chat'])
+    if not prompt:
         raise ValueError('the prompt is empty: give one with --start=TEXT or --start=FILE:path')
-    if len(prompt_ids) > model.config.block_size:
-        raise ValueError(f'the prompt is {len(prompt_ids)} tokens long, more than the model\'s context of '
+    if len(prompt) > model.config.block_size:
+        raise ValueError(f'the prompt is {len(prompt)} tokens long, more than the model\'s context of '
                          f'{model.config.block_size}: shorten it')
-    idx = torch.tensor(prompt_ids, dtype=torch.long, device=machine.device)[None].repeat(cfg['num_samples'], 1)
-    streamer = Streamer(tokenizer, prompt_ids, write)
-    write(tokenizer.decode(prompt_ids))
+    idx = torch.tensor(prompt, dtype=torch.long, device=machine.device)[None].repeat(cfg['num_samples'], 1)
+    streamer = Streamer(tokenizer, prompt, write, cfg['num_samples'])
+    write(tokenizer.decode(prompt))
+    t0 = time.time()
     with machine.autocast():
         out = model.generate(idx, cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
                              top_p=cfg['top_p'], on_token=streamer, vocab_size=tokenizer.vocab_size)
-    samples = [tokenizer.decode(row.tolist()) for row in out]
+    dt, steps = time.time() - t0, out.size(1) - len(prompt)
+    print(f"({cfg['num_samples']} x {steps} tokens in {dt:.1f}s, {cfg['num_samples'] * steps / max(dt, 1e-9):.0f} "
+          'tokens/s)', file=sys.stderr)
+    samples = [tokenizer.decode(until_stop(row.tolist(), len(prompt), tokenizer.stop_ids)) for row in out]
     write(samples[0][streamer.printed:] + '\n' + SEPARATOR + '\n')
     for text in samples[1:]:
         write(text + '\n' + SEPARATOR + '\n')
@@ -77,11 +97,7 @@ def main(argv=None):
     torch.manual_seed(cfg['seed'])
     # the output file is opened before generating, so that a path that cannot be written fails at once
     with atomic_path(cfg['out_file']) if cfg['out_file'] else contextlib.nullcontext() as out_tmp:
-        t0 = time.time()
         samples = generate_samples(model, tokenizer, machine, cfg)
-        dt = time.time() - t0
-        print(f"({cfg['num_samples']} x {cfg['max_new_tokens']} tokens in {dt:.1f}s, "
-              f"{cfg['num_samples'] * cfg['max_new_tokens'] / max(dt, 1e-9):.0f} tokens/s)", file=sys.stderr)
         if out_tmp:
             with open(out_tmp, 'w', encoding='utf-8') as f:
                 f.write(''.join(text + '\n' + SEPARATOR + '\n' for text in samples))

@@ -10,6 +10,7 @@ DEFAULTS = dict(
     out_dir='out',
     data_dir='',  # where the tokenizer (meta.pkl) lives; '' means the checkpoint's data (GPT-2 BPE for gpt2*)
     start='\n',  # the prompt, or FILE:path to read it from a file
+    chat=False,  # --start is a user's message, in the model's chat template (a Hugging Face tokenizer's)
     num_samples=10,
     max_new_tokens=500,
     temperature=0.8,  # 1.0 samples the model's own distribution, lower is more conservative, 0 is greedy
@@ -60,3 +61,12 @@ def read_prompt(start):
         with open(start[5:], encoding='utf-8') as f:
             return f.read()
     return start
+
+
+def prompt_ids(tokenizer, start, chat=False):
+    """The prompt's token ids: --start's text after the BOS the model family adds (Llama's), or with chat, --start as
+    a user's message in the tokenizer's chat template, the assistant's turn opened (the template writes its BOS)."""
+    text = read_prompt(start)
+    if chat:
+        return tokenizer.encode(tokenizer.render_chat([{'role': 'user', 'content': text}]), bos=False)
+    return tokenizer.encode(text)

@@ -103,7 +103,7 @@ def train(cfg, machine):
     score_hellaswag = None
     if cfg.hellaswag_interval:
         import hellaswag
-        score_hellaswag = hellaswag.scorer(meta, cfg.hellaswag_data, machine)
+        score_hellaswag = hellaswag.scorer(data_dir, cfg.hellaswag_data, machine)
     log = Log(cfg, machine, iter_num)
     try:
         return train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, best_val_loss, score_hellaswag)
