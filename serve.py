@@ -71,7 +71,7 @@ def main(argv=None):
     name = cfg['model_name'] or os.path.basename(os.path.abspath(
         cfg['out_dir'] if checkpoint.source_kind(cfg['init_from']) == 'resume' else cfg['init_from']))
     engine = Engine(model, tokenizer, machine, cfg['max_batch'], cfg['max_queue'], cfg['batch_wait'],
-                    getattr(tokenizer, 'stop_ids', ()))
+                    tokenizer.stop_ids)
     app = serving.create_app(engine, tokenizer, name, cfg)
     if not cfg['api_key'] and not is_loopback(cfg['host']):
         print(f"warning: serving on {cfg['host']}, beyond this machine, with no API key: anyone who reaches it can "

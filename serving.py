@@ -136,9 +136,10 @@ def create_app(engine, tokenizer, model_name, cfg):
         max_tokens = min(req.max_tokens or cfg['default_max_tokens'], cfg['max_tokens_limit'])
         return Sampling(max_tokens, req.temperature, req.top_k, req.top_p, req.n, req.seed, tuple(stop))
 
-    def prompt_ids(text):
+    def prompt_ids(text, bos=True):
+        """text's ids (after the BOS the model family adds, when bos), never more than the context."""
         try:
-            ids = tokenizer.encode(text)
+            ids = tokenizer.encode(text, bos=bos)
         except ValueError as e:  # e.g. characters a char-level vocabulary lacks
             raise APIError(400, str(e), param='prompt') from None
         if not ids:
@@ -241,12 +242,11 @@ def create_app(engine, tokenizer, model_name, cfg):
     @app.post('/v1/chat/completions', dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
         req = await parse(request, ChatRequest)
-        render = getattr(tokenizer, 'render_chat', None)
-        if render is None:
-            raise APIError(400, f'model {model_name!r} has no chat template ({tokenizer.name} tokenizer): use '
-                           '/v1/completions with a plain prompt', param='messages', code='no_chat_template')
-        text = render([m.model_dump() for m in req.messages], add_generation_prompt=True)
-        return await respond(request, req, prompt_ids(text), chat=True)
+        try:  # in the tokenizer's sandbox: a template formats the messages and reaches nothing else
+            text = tokenizer.render_chat([m.model_dump() for m in req.messages], add_generation_prompt=True)
+        except ValueError as e:  # no chat template (a base model: use /v1/completions), or the template failed
+            raise APIError(400, f'model {model_name!r}: {e}', param='messages') from None
+        return await respond(request, req, prompt_ids(text, bos=False), chat=True)  # the template wrote any BOS
 
     @app.get('/v1/models', dependencies=[Depends(authorize)])
     async def models():

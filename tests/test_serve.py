@@ -17,6 +17,8 @@ import pytest
 from helpers import ROOT, assert_one_line_error, make_text, run, write_char_dataset
 
 CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @pytest.fixture(scope='module')
@@ -30,6 +32,47 @@ def run_dir(tmp_path_factory):
                  '--warmup_iters=0', '--lr_decay_iters=20', '--learning_rate=1e-2')
     assert result.returncode == 0, result.stderr
     return str(root / 'run')
+
+
+@pytest.fixture(scope='module')
+def chat_run(tmp_path_factory):
+    """A Hugging Face tokenizer folder (a byte-level BPE, a ChatML template, <|im_end|> its EOS), data prepare.py
+    made with it, and a checkpoint on that data whose model always ranks one token X first and <|im_end|> second,
+    e**-1 as likely: greedy repeats X, sampling stops after a few."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    import checkpoint
+    import dataset
+    import tokenizer as tokenizers
+    from model import GPT, GPTConfig
+    root = tmp_path_factory.mktemp('chat')
+    os.makedirs(root / 'tokenizer')
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([make_text(5_000)], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=['<|im_start|>', '<|im_end|>'], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(root / 'tokenizer' / 'tokenizer.json'))
+    (root / 'tokenizer' / 'tokenizer_config.json').write_text(json.dumps({'eos_token': '<|im_end|>',
+                                                                           'chat_template': CHATML}))
+    (root / 'input.txt').write_text(make_text(5_000))
+    result = run('prepare.py', root / 'input.txt', f'--out_dir={root / "data"}', f'--tokenizer={root / "tokenizer"}',
+                 '--num_proc=1', '--val_fraction=0.1')
+    assert result.returncode == 0, result.stderr
+    tok = tokenizers.for_data(str(root / 'data'))
+    x, im_end = tok.encode(' king', bos=False)[0], tok.stop_ids[0]
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=256, vocab_size=tok.vocab_size)
+    state = GPT(config).state_dict()
+    state['transformer.ln_f.weight'].zero_()
+    state['transformer.ln_f.bias'].zero_()[0] = 1.0  # ln_f's output is e0: the logits are column 0 of wte (tied)
+    state['transformer.wte.weight'][:, 0] = torch.zeros(tok.vocab_size).index_put_(
+        (torch.tensor([x, im_end]),), torch.tensor([30.0, 29.0]))
+    checkpoint.save({'model': state, 'model_args': checkpoint.model_args(config), 'iter_num': 0, 'best_val_loss': 0.0,
+                     'config': {'data_dir': str(root / 'data'),
+                                'tokenizer': dataset.fingerprint(dataset.load_meta(str(root / 'data')))}},
+                    str(root / 'run' / 'ckpt.pt'))
+    return str(root / 'run'), tok, tok.decode([x])
 
 
 @contextlib.contextmanager
@@ -116,7 +159,33 @@ def test_greedy_equals_sample_py(server, run_dir):
 def test_chat_needs_a_chat_template(server):
     with pytest.raises(openai.BadRequestError) as e:
         client(server[0]).chat.completions.create(model='tiny', messages=[{'role': 'user', 'content': 'hi'}])
-    assert e.value.status_code == 400 and e.value.code == 'no_chat_template' and 'chat template' in e.value.message
+    assert e.value.status_code == 400 and 'no chat template' in e.value.message and e.value.param == 'messages'
+
+
+def test_chat_with_a_template_stops_at_its_stop_id(chat_run, tmp_path):
+    run_dir, tok, x = chat_run
+    messages = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'my lord'}]
+    prompt_tokens = len(tok.encode(tok.render_chat(messages), bos=False))
+    with serving(run_dir, tmp_path / 'serve.log') as url:
+        api = client(url)
+        greedy = api.chat.completions.create(model='tiny', messages=messages, temperature=0, max_tokens=5)
+        assert greedy.choices[0].message.content == x * 5 and greedy.choices[0].finish_reason == 'length'
+        assert greedy.choices[0].message.role == 'assistant' and greedy.usage.prompt_tokens == prompt_tokens
+        sampled = [api.chat.completions.create(model='tiny', messages=messages, max_tokens=100, seed=seed)
+                   for seed in range(4)]
+        for reply in sampled:  # X a few times, then <|im_end|>: counted, not shown
+            assert reply.choices[0].finish_reason == 'stop'
+            assert reply.choices[0].message.content == x * (reply.usage.completion_tokens - 1)
+        assert len({reply.usage.completion_tokens for reply in sampled}) > 1
+        chunks = list(api.chat.completions.create(model='tiny', messages=messages, max_tokens=100, seed=0,
+                                                  stream=True))
+        assert ''.join(c.choices[0].delta.content or '' for c in chunks) == sampled[0].choices[0].message.content
+        assert chunks[0].choices[0].delta.role == 'assistant' and chunks[-1].choices[0].finish_reason == 'stop'
+        # a prompt is text, never a path to read: FILE: is sample.py's --start convention, not the server's
+        secret = tmp_path / 'secret.txt'
+        secret.write_text('the king ' * 30)
+        plain = api.completions.create(model='tiny', prompt=f'FILE:{secret}', max_tokens=1)
+        assert plain.usage.prompt_tokens == len(tok.encode(f'FILE:{secret}'))
 
 
 def test_concurrent_requests_are_batched_and_independent(server):
