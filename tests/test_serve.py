@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import ROOT, assert_one_line_error, make_text, run, write_char_dataset
+from helpers import ROOT, assert_one_line_error, make_text, run, run_all, write_char_dataset
 
 CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -292,8 +292,10 @@ def wait_until_idle(url, seconds=10):
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    assert_one_line_error(run('serve.py', '--max_batch=0', '--port=70000'), 'max_batch=0', 'port=70000')
-    assert_one_line_error(run('serve.py', f'--out_dir={tmp_path}', '--device=cpu'), str(tmp_path))
+    options, no_checkpoint = run_all(('serve.py', '--max_batch=0', '--port=70000'),
+                                     ('serve.py', f'--out_dir={tmp_path}', '--device=cpu'))
+    assert_one_line_error(options, 'max_batch=0', 'port=70000')
+    assert_one_line_error(no_checkpoint, str(tmp_path))
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason='needs chromium and chromedriver (Debian: apt-get install '
