@@ -26,6 +26,10 @@ class QueueFull(Exception):
     """More jobs are waiting than max_queue: the caller should answer 429 and retry later."""
 
 
+class Stopped(Exception):
+    """The engine is closed (the server is stopping): it takes no more jobs."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int
@@ -91,6 +95,8 @@ class Engine:
         assert 0 < len(prompt_ids) <= self.block_size and sampling.n <= self.max_batch, 'checked by the caller'
         job = Job(list(prompt_ids), sampling, emit, len(self.tokenizer.decode(prompt_ids)), self.machine.device)
         with self.lock:
+            if self.closed:
+                raise Stopped('the server is stopping')
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f'{len(self.waiting)} requests are already waiting (max_queue={self.max_queue})')
             self.waiting.append(job)
@@ -111,21 +117,34 @@ class Engine:
     # ---- the worker thread ----------------------------------------------------------------------------------
 
     def run(self):
-        with torch.no_grad(), self.machine.autocast():  # autocast is per thread: entered here, where the model runs
-            kind = self.machine.device_type
-            self.cache_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
-                else self.model.lm_head.weight.dtype
-            while (jobs := self.admit()) is not None:
-                try:
-                    self.prefill(jobs)
-                    self.step()
-                except Exception as e:  # a bug fails the requests in flight, not the server
-                    traceback.print_exc()
-                    for job in {row.job for group in self.groups for row in group.rows} | set(jobs):
-                        job.emit(('error', f'generation failed: {type(e).__name__}: {e}'))
-                    self.groups = []
-                with self.lock:
-                    self.running = sum(len(group.rows) for group in self.groups)
+        try:
+            with torch.no_grad(), self.machine.autocast():  # autocast is per thread: entered here, where it runs
+                kind = self.machine.device_type
+                self.cache_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
+                    else self.model.lm_head.weight.dtype
+                while (jobs := self.admit()) is not None:
+                    try:
+                        self.prefill(jobs)
+                        self.step()
+                    except Exception as e:  # a bug fails the requests in flight, not the server
+                        traceback.print_exc()
+                        self.fail(jobs + self.running_jobs(), f'generation failed: {type(e).__name__}: {e}')
+                        self.groups = []
+                    with self.lock:
+                        self.running = sum(len(group.rows) for group in self.groups)
+        finally:  # closed, or the worker itself broke: no request may wait for it
+            with self.lock:
+                self.closed, waiting = True, list(self.waiting)
+                self.waiting.clear()
+            self.fail(waiting + self.running_jobs(), 'the server is stopping')
+
+    def running_jobs(self):
+        return [row.job for group in self.groups for row in group.rows]
+
+    @staticmethod
+    def fail(jobs, message):
+        for job in dict.fromkeys(jobs):  # each once, in order
+            job.emit(('error', message))
 
     def admit(self):
         """The waiting jobs that fit in the batch now (None once closed). With nothing running, waits for a job and

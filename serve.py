@@ -77,7 +77,8 @@ def main(argv=None):
         print(f"warning: serving on {cfg['host']}, beyond this machine, with no API key: anyone who reaches it can "
               'use the model; set --api_key or $SERVE_API_KEY', file=sys.stderr)
     host = f"[{cfg['host']}]" if ':' in cfg['host'] else cfg['host']
-    config = uvicorn.Config(app, host=cfg['host'], port=cfg['port'], access_log=False, log_level='warning')
+    config = uvicorn.Config(app, host=cfg['host'], port=cfg['port'], access_log=False, log_level='warning',
+                            timeout_graceful_shutdown=5)  # then open streams are cut: a stop never hangs
     server = uvicorn.Server(config)
     original_startup = server.startup
 

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from engine import QueueFull, Sampling
+from engine import QueueFull, Sampling, Stopped
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static', 'index.html')
 POLL_SECONDS = 0.25  # how often a request with no new token checks whether its client is still there
@@ -165,6 +165,8 @@ def create_app(engine, tokenizer, model_name, cfg):
         except QueueFull as e:
             raise APIError(429, f'the server is busy: {e}; retry later', 'rate_limit_error',
                            headers={'Retry-After': '1'}) from None
+        except Stopped as e:
+            raise APIError(503, str(e), 'server_error') from None
         request.scope['usage'] = {'prompt_tokens': len(ids), 'completion_tokens': 0}
         return job, events
 
