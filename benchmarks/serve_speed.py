@@ -10,7 +10,8 @@ clients, each sending --requests requests one after the other (a closed loop), o
     flock /tmp/timing.lock python benchmarks/serve_speed.py --model=smol --tokens=32 --requests=2
 
 The concurrencies run --rounds times in turn (1 4 16 1 4 16 ...). Every request has the same prompt length and
---tokens new tokens, so the clients of one round start together and stay in one batch. The reference: Hugging
+--tokens new tokens, so the clients of one round start together and stay in one batch (--prompts=mixed: client
+i's prompt is 2i characters shorter, so each client is a group of its own, a forward per step). The reference: Hugging
 Face transformers' generate at batch 1 (greedy, no EOS) on a random model of the same shape, in this process.
 The server and the clients share the machine's cores.
 """
@@ -45,6 +46,7 @@ DEFAULTS = dict(
     concurrency='1,4,16',
     rounds=2,
     max_batch=16,
+    prompts='same',  # same: every prompt as long; mixed: client i's prompt is 2i characters shorter
 )
 MODELS = {
     'baby': dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False),
@@ -87,15 +89,15 @@ def start_server(out_dir, log_path, max_batch):
     return server, found.group(1)
 
 
-def client_loop(url, tokens, requests, ttfts, counts, errors):
+def client_loop(url, prompt, tokens, requests, ttfts, counts, errors):
     try:
-        stream_requests(url, tokens, requests, ttfts, counts)
+        stream_requests(url, prompt, tokens, requests, ttfts, counts)
     except Exception as e:  # reported by measure
         errors.append(e)
 
 
-def stream_requests(url, tokens, requests, ttfts, counts):
-    body = {'prompt': PROMPT, 'max_tokens': tokens, 'temperature': 1.0, 'stream': True,
+def stream_requests(url, prompt, tokens, requests, ttfts, counts):
+    body = {'prompt': prompt, 'max_tokens': tokens, 'temperature': 1.0, 'stream': True,
             'stream_options': {'include_usage': True}}
     with httpx.Client(timeout=600) as http:
         for _ in range(requests):
@@ -110,10 +112,11 @@ def stream_requests(url, tokens, requests, ttfts, counts):
             ttfts.append(first)
 
 
-def measure(url, clients, tokens, requests):
+def measure(url, clients, tokens, requests, mixed=False):
     ttfts, counts, errors = [], [], []
-    threads = [threading.Thread(target=client_loop, args=(url, tokens, requests, ttfts, counts, errors))
-               for _ in range(clients)]
+    prompts = [PROMPT[:len(PROMPT) - 2 * i] if mixed else PROMPT for i in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(url, prompt, tokens, requests, ttfts, counts, errors))
+               for prompt in prompts]
     t0 = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -154,6 +157,8 @@ def main():
     cfg = configure(DEFAULTS, sys.argv[1:])
     if cfg['model'] not in MODELS:
         raise ValueError(f"model={cfg['model']!r}: choose one of {', '.join(MODELS)}")
+    if cfg['prompts'] not in ('same', 'mixed'):
+        raise ValueError(f"prompts={cfg['prompts']!r}: choose same or mixed")
     concurrency = [int(c) for c in str(cfg['concurrency']).split(',')]
     with tempfile.TemporaryDirectory() as folder:
         out_dir, model = write_checkpoint(cfg['model'], folder)
@@ -163,7 +168,8 @@ def main():
             results = {c: [] for c in concurrency}
             for _ in range(cfg['rounds']):
                 for clients in concurrency:
-                    results[clients].append(measure(url, clients, cfg['tokens'], cfg['requests']))
+                    results[clients].append(measure(url, clients, cfg['tokens'], cfg['requests'],
+                                                    cfg['prompts'] == 'mixed'))
                     tps, p50, p99 = results[clients][-1]
                     print(f'{clients:3d} clients: {tps:7.1f} tokens/s, time to first token p50 {1000 * p50:.0f} ms, '
                           f'p99 {1000 * p99:.0f} ms', flush=True)
@@ -173,6 +179,7 @@ def main():
     reference = transformers_batch1(cfg['model'], model, cfg['tokens'])
     single = statistics.median(r[0] for r in results[concurrency[0]])
     print(f"\n| clients | tokens/s | x {concurrency[0]} client | TTFT p50, ms | TTFT p99, ms |  ({cfg['model']}, "
+          f"{cfg['prompts']} prompt lengths, "
           f"{cfg['tokens']} tokens x {cfg['requests']} requests per client, medians of {cfg['rounds']} rounds)")
     print('|---|---|---|---|---|')
     for clients, runs in results.items():

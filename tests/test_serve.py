@@ -111,7 +111,7 @@ def small_server(run_dir, tmp_path_factory):
     """One row at a time, one request waiting, an API key, generations as long as asked."""
     log = tmp_path_factory.mktemp('log') / 'serve.log'
     with serving(run_dir, log, '--max_batch=1', '--max_queue=1', '--api_key=sesame',
-                 '--max_tokens_limit=1000000') as url:
+                 '--max_tokens_limit=1000000', '--truncate_prompts=True') as url:
         yield url
 
 
@@ -166,8 +166,10 @@ def test_chat_with_a_template_stops_at_its_stop_id(chat_run, tmp_path):
     run_dir, tok, x = chat_run
     messages = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'my lord'}]
     prompt_tokens = len(tok.encode(tok.render_chat(messages), bos=False))
-    with serving(run_dir, tmp_path / 'serve.log') as url:
+    with serving(run_dir, tmp_path / 'serve.log', '--max_tokens_limit=100') as url:
         api = client(url)
+        capped = api.completions.create(model='tiny', prompt='the king', max_tokens=10 ** 9, temperature=0)
+        assert capped.usage.completion_tokens == 100 and capped.choices[0].finish_reason == 'length'
         greedy = api.chat.completions.create(model='tiny', messages=messages, temperature=0, max_tokens=5)
         assert greedy.choices[0].message.content == x * 5 and greedy.choices[0].finish_reason == 'length'
         assert greedy.choices[0].message.role == 'assistant' and greedy.usage.prompt_tokens == prompt_tokens
@@ -248,7 +250,10 @@ def test_api_key(small_server):
         assert response.status_code == 401 and response.json()['error']['code'] == 'invalid_api_key'
     with pytest.raises(openai.AuthenticationError):
         client(url, 'wrong').completions.create(model='tiny', prompt='the', max_tokens=2)
-    assert client(url, 'sesame').models.list().data[0].id == 'tiny'
+    api = client(url, 'sesame')
+    assert api.models.list().data[0].id == 'tiny'
+    long = api.completions.create(model='tiny', prompt='the king ' * 10, max_tokens=2)  # --truncate_prompts=True
+    assert long.usage.prompt_tokens == 32  # the context: the prompt's last 32 characters
     assert httpx.get(url + '/health').status_code == 200  # no key needed
 
 
