@@ -117,6 +117,7 @@ def measure(url, clients, tokens, requests, mixed=False):
     prompts = [PROMPT[:len(PROMPT) - 2 * i] if mixed else PROMPT for i in range(clients)]
     threads = [threading.Thread(target=client_loop, args=(url, prompt, tokens, requests, ttfts, counts, errors))
                for prompt in prompts]
+    steps_before = httpx.get(url + '/health').json()['rows_per_step']
     t0 = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -128,7 +129,10 @@ def measure(url, clients, tokens, requests, mixed=False):
     assert len(counts) == clients * requests and all(n == tokens for n in counts), counts
     ttfts.sort()
     p99 = ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]
-    return sum(counts) / seconds, statistics.median(ttfts), p99
+    steps_after = httpx.get(url + '/health').json()['rows_per_step']
+    steps = {int(rows): n - steps_before.get(rows, 0) for rows, n in steps_after.items()}
+    rows_per_forward = sum(rows * n for rows, n in steps.items()) / max(1, sum(steps.values()))
+    return sum(counts) / seconds, statistics.median(ttfts), p99, rows_per_forward
 
 
 def transformers_batch1(name, model, tokens):
@@ -170,22 +174,23 @@ def main():
                 for clients in concurrency:
                     results[clients].append(measure(url, clients, cfg['tokens'], cfg['requests'],
                                                     cfg['prompts'] == 'mixed'))
-                    tps, p50, p99 = results[clients][-1]
+                    tps, p50, p99, rows = results[clients][-1]
                     print(f'{clients:3d} clients: {tps:7.1f} tokens/s, time to first token p50 {1000 * p50:.0f} ms, '
-                          f'p99 {1000 * p99:.0f} ms', flush=True)
+                          f'p99 {1000 * p99:.0f} ms, {rows:.1f} rows per decode forward', flush=True)
         finally:
             server.terminate()
             server.wait(timeout=30)
     reference = transformers_batch1(cfg['model'], model, cfg['tokens'])
     single = statistics.median(r[0] for r in results[concurrency[0]])
-    print(f"\n| clients | tokens/s | x {concurrency[0]} client | TTFT p50, ms | TTFT p99, ms |  ({cfg['model']}, "
+    print(f"\n| clients | tokens/s | x {concurrency[0]} client | TTFT p50, ms | TTFT p99, ms | rows per forward | "
+          f"({cfg['model']}, "
           f"{cfg['prompts']} prompt lengths, "
           f"{cfg['tokens']} tokens x {cfg['requests']} requests per client, medians of {cfg['rounds']} rounds)")
-    print('|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|')
     for clients, runs in results.items():
-        tps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
-        print(f'| {clients} | {tps:.1f} | {tps / single:.1f}x | {1000 * p50:.0f} | {1000 * p99:.0f} |')
-    print(f'| transformers generate, batch 1 | {reference:.1f} | {reference / single:.1f}x | | |')
+        tps, p50, p99, rows = (statistics.median(r[i] for r in runs) for i in range(4))
+        print(f'| {clients} | {tps:.1f} | {tps / single:.1f}x | {1000 * p50:.0f} | {1000 * p99:.0f} | {rows:.1f} |')
+    print(f'| transformers generate, batch 1 | {reference:.1f} | {reference / single:.1f}x | | | 1 |')
 
 
 if __name__ == '__main__':
