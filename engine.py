@@ -83,7 +83,7 @@ class Engine:
         self.waiting = collections.deque()
         self.groups = []  # the worker's alone
         self.running = 0  # rows in the groups
-        self.rows_per_step = collections.Counter()  # forward batch size -> how many decode steps ran at it
+        self.rows_per_step = collections.Counter()  # a decode forward's batch size -> how many ran at it
         self.lock = threading.Condition()
         self.closed = False
         self.worker = threading.Thread(target=self.run, name='engine', daemon=True)
@@ -123,15 +123,17 @@ class Engine:
                 self.cache_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
                     else self.model.lm_head.weight.dtype
                 while (jobs := self.admit()) is not None:
+                    sizes = []
                     try:
                         self.prefill(jobs)
-                        self.step()
+                        sizes = self.step()
                     except Exception as e:  # a bug fails the requests in flight, not the server
                         traceback.print_exc()
                         self.fail(jobs + self.running_jobs(), f'generation failed: {type(e).__name__}: {e}')
                         self.groups = []
-                    with self.lock:
+                    with self.lock:  # what stats() reads, written under the lock
                         self.running = sum(len(group.rows) for group in self.groups)
+                        self.rows_per_step.update(sizes)
         finally:  # closed, or the worker itself broke: no request may wait for it
             with self.lock:
                 self.closed, waiting = True, list(self.waiting)
@@ -181,7 +183,9 @@ class Engine:
             self.groups.append(Group(rows, cache, logits))
 
     def step(self):
-        """One token for every row: sample, emit, drop the rows that ended, run the others' next forward."""
+        """One token for every row: sample, emit, drop the rows that ended, run the others' next forward; the
+        forwards' batch sizes."""
+        sizes = []
         for group in list(self.groups):
             tokens = self.sample(group)
             keep = [i for i, (row, token) in enumerate(zip(group.rows, tokens)) if self.advance(row, token)]
@@ -199,8 +203,9 @@ class Engine:
             else:
                 ids = [row.ids[-1:] for row in group.rows]
             group.logits, _ = self.model(torch.tensor(ids, device=self.machine.device), kv_cache=group.cache)
-            self.rows_per_step[len(group.rows)] += 1
+            sizes.append(len(group.rows))
         self.merge()
+        return sizes
 
     def sample(self, group):
         """Each job's next tokens from its rows' logits with its own generator: the list of B token ids."""
