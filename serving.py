@@ -105,8 +105,8 @@ def create_app(engine, tokenizer, model_name, cfg):
 
     async def parse(request, schema):
         """The body as `schema`: 413 past max_body_bytes, 400 for what is not a JSON object, 422 for wrong fields."""
-        limit = cfg['max_body_bytes']
-        if int(request.headers.get('content-length') or 0) > limit:
+        limit, length = cfg['max_body_bytes'], request.headers.get('content-length') or '0'
+        if length.isdigit() and int(length) > limit:  # uvicorn refuses a malformed one before this
             raise APIError(413, f'the request body is larger than {limit} bytes (--max_body_bytes)')
         body = bytearray()
         async for chunk in request.stream():
@@ -136,10 +136,11 @@ def create_app(engine, tokenizer, model_name, cfg):
         max_tokens = min(req.max_tokens or cfg['default_max_tokens'], cfg['max_tokens_limit'])
         return Sampling(max_tokens, req.temperature, req.top_k, req.top_p, req.n, req.seed, tuple(stop))
 
-    def prompt_ids(text, bos=True):
-        """text's ids (after the BOS the model family adds, when bos), never more than the context."""
+    async def prompt_ids(text, bos=True):
+        """text's ids (after the BOS the model family adds, when bos), never more than the context; encoded in a
+        thread: a megabyte of prompt would hold the event loop."""
         try:
-            ids = tokenizer.encode(text, bos=bos)
+            ids = await asyncio.to_thread(tokenizer.encode, text, bos=bos)
         except ValueError as e:  # e.g. characters a char-level vocabulary lacks
             raise APIError(400, str(e), param='prompt') from None
         if not ids:
@@ -239,7 +240,7 @@ def create_app(engine, tokenizer, model_name, cfg):
     @app.post('/v1/completions', dependencies=[Depends(authorize)])
     async def completions(request: Request):
         req = await parse(request, CompletionRequest)
-        return await respond(request, req, prompt_ids(req.prompt), chat=False)
+        return await respond(request, req, await prompt_ids(req.prompt), chat=False)
 
     @app.post('/v1/chat/completions', dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
@@ -248,7 +249,7 @@ def create_app(engine, tokenizer, model_name, cfg):
             text = tokenizer.render_chat([m.model_dump() for m in req.messages], add_generation_prompt=True)
         except ValueError as e:  # no chat template (a base model: use /v1/completions), or the template failed
             raise APIError(400, f'model {model_name!r}: {e}', param='messages') from None
-        return await respond(request, req, prompt_ids(text, bos=False), chat=True)  # the template wrote any BOS
+        return await respond(request, req, await prompt_ids(text, bos=False), chat=True)  # the template wrote any BOS
 
     @app.get('/v1/models', dependencies=[Depends(authorize)])
     async def models():
