@@ -14,6 +14,7 @@ a row, and text that may still be the start of a stop string is held back, so a 
 
 import collections
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -149,14 +150,19 @@ class Engine:
             job.emit(('error', message))
 
     def admit(self):
-        """The waiting jobs that fit in the batch now (None once closed). With nothing running, waits for a job and
-        then batch_wait seconds for others: requests that arrive together start together."""
+        """The waiting jobs that fit in the batch now (None once closed). With nothing running, waits for a job, then
+        until batch_wait seconds pass with no other arriving (at most 10 x batch_wait, or a full batch): requests that
+        arrive together, a burst of them a few milliseconds apart, start together."""
         with self.lock:
             if not self.groups:
                 while not self.waiting and not self.closed:
                     self.lock.wait()
-                self.lock.wait_for(lambda: self.closed or sum(j.sampling.n for j in self.waiting) >= self.max_batch,
-                                   timeout=self.batch_wait)
+                give_up = time.monotonic() + 10 * self.batch_wait
+                while not self.closed and sum(j.sampling.n for j in self.waiting) < self.max_batch:
+                    arrived = len(self.waiting)
+                    self.lock.wait(max(0.0, min(self.batch_wait, give_up - time.monotonic())))
+                    if len(self.waiting) == arrived or time.monotonic() >= give_up:
+                        break
             if self.closed:
                 return None
             jobs = []

@@ -89,38 +89,41 @@ def start_server(out_dir, log_path, max_batch):
     return server, found.group(1)
 
 
-def client_loop(url, prompt, tokens, requests, ttfts, counts, errors):
+def client_loop(url, prompt, tokens, requests, ttfts, counts, errors, start):
     try:
-        stream_requests(url, prompt, tokens, requests, ttfts, counts)
+        with httpx.Client(timeout=600) as http:
+            start.wait()  # every client ready (an httpx.Client takes milliseconds to make): they send together
+            stream_requests(http, url, prompt, tokens, requests, ttfts, counts)
     except Exception as e:  # reported by measure
         errors.append(e)
 
 
-def stream_requests(url, prompt, tokens, requests, ttfts, counts):
+def stream_requests(http, url, prompt, tokens, requests, ttfts, counts):
     body = {'prompt': prompt, 'max_tokens': tokens, 'temperature': 1.0, 'stream': True,
             'stream_options': {'include_usage': True}}
-    with httpx.Client(timeout=600) as http:
-        for _ in range(requests):
-            t0, first = time.perf_counter(), None
-            with http.stream('POST', url + '/v1/completions', json=body) as response:
-                response.raise_for_status()
-                for line in response.iter_lines():
-                    if first is None and line.startswith('data: {') and '"text": ""' not in line:
-                        first = time.perf_counter() - t0
-                    if '"usage"' in line:
-                        counts.append(int(re.search(r'"completion_tokens": (\d+)', line).group(1)))
-            ttfts.append(first)
+    for _ in range(requests):
+        t0, first = time.perf_counter(), None
+        with http.stream('POST', url + '/v1/completions', json=body) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if first is None and line.startswith('data: {') and '"text": ""' not in line:
+                    first = time.perf_counter() - t0
+                if '"usage"' in line:
+                    counts.append(int(re.search(r'"completion_tokens": (\d+)', line).group(1)))
+        ttfts.append(first)
 
 
 def measure(url, clients, tokens, requests, mixed=False):
     ttfts, counts, errors = [], [], []
     prompts = [PROMPT[:len(PROMPT) - 2 * i] if mixed else PROMPT for i in range(clients)]
-    threads = [threading.Thread(target=client_loop, args=(url, prompt, tokens, requests, ttfts, counts, errors))
+    start = threading.Barrier(clients + 1, timeout=60)
+    threads = [threading.Thread(target=client_loop, args=(url, prompt, tokens, requests, ttfts, counts, errors, start))
                for prompt in prompts]
     steps_before = httpx.get(url + '/health').json()['rows_per_step']
-    t0 = time.perf_counter()
     for thread in threads:
         thread.start()
+    start.wait()
+    t0 = time.perf_counter()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - t0
