@@ -6,10 +6,11 @@ The inference engine behind serve.py: one worker thread owns the model and gener
     job.cancel()                                                                          # the client went away
 
 Jobs admitted together whose prompts have the same length are prefilled as one batch; each decode step then runs
-one forward per group of rows at the same position (a group shares one KV cache; groups that reach the same
-position merge). New jobs join between decode steps. Each job samples its n rows with its own torch.Generator, so
-what it gets does not depend on what else is in the batch. Text is decoded here: a stop string or a stop id ends
-a row, and text that may still be the start of a stop string is held back, so a stream says what one reply says.
+one forward per group of rows at the same position (a group shares one KV cache). A group a little ahead of
+another skips steps until the one behind reaches its position, and the two merge. New jobs join between steps.
+Each job samples its n rows with its own torch.Generator, so what it gets does not depend on what else is in the
+batch. Text is decoded here: a stop string or a stop id ends a row, and text that may still be the start of a stop
+string is held back, so a stream says what one reply says.
 """
 
 import collections
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from model import KVCache, sample_next
+
+
+CATCH_UP = 64  # how far ahead (positions) a group waits for one behind it, and how many steps it may wait in all
 
 
 class QueueFull(Exception):
@@ -73,6 +77,7 @@ class Group:
     rows: list
     cache: KVCache
     logits: torch.Tensor
+    waited: int = 0  # steps skipped so that groups behind could catch up
 
 
 class Engine:
@@ -192,7 +197,8 @@ class Engine:
         """One token for every row: sample, emit, drop the rows that ended, run the others' next forward; the
         forwards' batch sizes."""
         sizes = []
-        for group in list(self.groups):
+        waiting = [group for group in self.groups if self.lets_others_catch_up(group)]
+        for group in [group for group in self.groups if group not in waiting]:
             tokens = self.sample(group)
             keep = [i for i, (row, token) in enumerate(zip(group.rows, tokens)) if self.advance(row, token)]
             if not keep:
@@ -212,6 +218,15 @@ class Engine:
             sizes.append(len(group.rows))
         self.merge()
         return sizes
+
+    def lets_others_catch_up(self, group):
+        """Whether the group skips this step so that a group a little behind reaches its position and merges with it:
+        one forward per step from then on instead of two. Each group skips at most CATCH_UP steps in all: none starves.
+        """
+        if group.waited < CATCH_UP and any(0 < group.cache.pos - other.cache.pos <= CATCH_UP for other in self.groups):
+            group.waited += 1
+            return True
+        return False
 
     def sample(self, group):
         """Each job's next tokens from its rows' logits with its own generator: the list of B token ids."""
@@ -260,6 +275,7 @@ class Engine:
                 other.cache.k = [torch.cat(pair) for pair in zip(other.cache.k, group.cache.k)]
                 other.cache.v = [torch.cat(pair) for pair in zip(other.cache.v, group.cache.v)]
                 other.logits = torch.cat((other.logits, group.logits))
+                other.waited = max(other.waited, group.waited)
                 self.groups.remove(group)
 
 
