@@ -21,7 +21,7 @@ from configurator import cli, configure
 DEFAULTS = dict(
     init_from='resume',  # 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a folder holding a Hugging Face GPT-2
     out_dir='out',
-    data_dir='',  # where the tokenizer (meta.pkl) lives; '' means the checkpoint's data (GPT-2 BPE for gpt2*)
+    data_dir='',  # the tokenizer's dataset (meta.pkl); '' means the checkpoint's data, or a folder's tokenizer.json
     task='hellaswag',
     data='',  # a local hellaswag_val.jsonl; '' downloads it once into $HELLASWAG_CACHE or ~/.cache/nanogpt/hellaswag
     max_examples=None,  # score only the first N examples; None for all

@@ -8,7 +8,7 @@ import os
 DEFAULTS = dict(
     init_from='resume',  # 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a folder holding a Hugging Face GPT-2
     out_dir='out',
-    data_dir='',  # where the tokenizer (meta.pkl) lives; '' means the checkpoint's data (GPT-2 BPE for gpt2*)
+    data_dir='',  # the tokenizer's dataset (meta.pkl); '' means the checkpoint's data, or a folder's tokenizer.json
     start='\n',  # the prompt, or FILE:path to read it from a file
     chat=False,  # --start is a user's message, in the model's chat template (a Hugging Face tokenizer's)
     num_samples=10,

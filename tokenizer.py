@@ -38,7 +38,7 @@ class Tokenizer:
     vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304).
     Neither adds a BOS, has a chat template or ends generation (nanoGPT samples through <|endoftext|>)."""
 
-    stop_ids = ()
+    stop_ids, chat_template = (), None
 
     def __init__(self, meta=None):
         self.fingerprint = dataset.fingerprint(meta)
@@ -98,7 +98,8 @@ class HFTokenizer:
         vocab = self.backend.get_vocab(with_added_tokens=True)
         self.vocab_size = max(vocab.values(), default=-1) + 1
         # the tokens by id: what the ids of a dataset or a checkpoint mean (dataset.fingerprint records it)
-        self.fingerprint = hashlib.sha256(json.dumps(sorted((i, t) for t, i in vocab.items())).encode()).hexdigest()[:16]
+        tokens_by_id = json.dumps(sorted((i, t) for t, i in vocab.items()))
+        self.fingerprint = hashlib.sha256(tokens_by_id.encode()).hexdigest()[:16]
         self.special_tokens = {key: token_text(config[key], key, folder) for key in SPECIAL_TOKENS if config.get(key)}
         self.bos_id, self.eos_id = self.token_id('bos_token'), self.token_id('eos_token')
         post_processor_bos = self.bos_id is not None and self.backend.encode('').ids[:1] == [self.bos_id]

@@ -5,6 +5,7 @@ reference for the ids, the text and the rendered chat."""
 import json
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import dataset
 import sample
 import tokenizer as tokenizers
-from helpers import TINY, WORDS, assert_one_line_error, make_text, run, run_all
+from helpers import ROOT, TINY, WORDS, assert_one_line_error, gpt2_encoding, make_text, run, run_all
 from tokenizer import HFTokenizer
 
 # the chat template of Qwen2.5 and SmolLM2-Instruct (ChatML), with a default system message
@@ -186,8 +187,8 @@ def test_prepare_writes_the_tokenizers_bins_and_files(folders, trained):
     assert (meta['tokenizer'], meta['fingerprint'], meta['dtype']) == ('tokenizer.json', tok.fingerprint, 'uint16')
     assert meta['vocab_size'] == tok.vocab_size and dataset.fingerprint(meta) == tok.fingerprint
     ids = np.concatenate([np.fromfile(os.path.join(data_dir, f'{split}.bin'), np.uint16) for split in ('train', 'val')])
-    expected = [i for d in trained['documents'] for i in [tok.bos_id] + tok.backend.encode(d, add_special_tokens=False).ids
-                + [tok.eos_id]]  # each document: BOS, its tokens, EOS
+    expected = [i for d in trained['documents']  # each document: BOS, its tokens, EOS
+                for i in [tok.bos_id] + tok.backend.encode(d, add_special_tokens=False).ids + [tok.eos_id]]
     assert ids.tolist() == expected
     assert not os.path.exists(os.path.join(data_dir, '.prepare'))
 
@@ -221,8 +222,6 @@ def test_sample_encodes_with_the_data_tokenizer_and_stops_at_eos(folders, traine
          '--num_samples=3'),
         ('sample.py', f"--out_dir={always(3, 'im_end')}", '--device=cpu', '--start=my lord', '--max_new_tokens=50',
          '--num_samples=2', '--chat=True'),
-        ('sample.py', f'--out_dir={out_dir}', '--device=cpu', '--start=the king', '--max_new_tokens=20',
-         '--num_samples=2', '--temperature=0'),
     )
     for result in results:
         assert result.returncode == 0, result.stderr
@@ -233,8 +232,6 @@ def test_sample_encodes_with_the_data_tokenizer_and_stops_at_eos(folders, traine
     assert chat.startswith('<s><|im_start|>user') and chat.endswith('<|im_start|>assistant\n')
     expected = chat.removeprefix('<s>') + '\n' + sample.SEPARATOR + '\n'  # the BOS is not printed
     assert results[2].stdout == expected * 2 and '(2 x 1 tokens' in results[2].stderr
-    # the trained model, greedy: our stream equals a recomputation cut at its first stop id
-    assert results[3].stdout.count(sample.SEPARATOR) == 2 and '</s>' not in results[3].stdout
 
 
 def test_streamer_stops_each_row_at_its_stop_id(folders):
@@ -252,20 +249,40 @@ def test_streamer_stops_each_row_at_its_stop_id(folders):
     assert sample.until_stop([3] + hello, 1, tok.stop_ids) == [3] + hello  # a stop id in the prompt is kept
 
 
-def test_greedy_sample_equals_recomputation_cut_at_the_first_stop(folders, trained):
+def test_generate_ends_when_on_token_says_so():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32))
+    seen = []
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 10, temperature=0,
+                         on_token=lambda tokens: seen.append(tokens) or len(seen) == 4)
+    assert out.shape == (2, 3 + 4) and torch.equal(torch.cat(seen, dim=1), out[:, 3:])
+
+
+def test_greedy_sample_equals_recomputation_cut_at_the_first_stop(folders, trained, tmp_path, capsys):
+    """The trained model's greedy sample equals a recomputation without a cache, cut before the first stop id: here
+    the first generated token that differs from the ones before it, named a stop id in generation_config.json."""
     import checkpoint
+    import machine
     model, source = checkpoint.load_model('resume', trained['out'])
     tok = tokenizers.for_model(model, source)
     assert isinstance(tok, HFTokenizer) and tok.fingerprint == HFTokenizer(folders['llama']).fingerprint
-    idx = torch.tensor([tok.encode('the king')])
+    prompt = tok.encode('the king')
+    idx = torch.tensor([prompt])
     for _ in range(20):
         idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
-    expected = tok.decode(sample.until_stop(idx[0].tolist(), 3, tok.stop_ids))
+    generated = idx[0, len(prompt):].tolist()
+    stop = next((t for j, t in enumerate(generated) if t not in generated[:j] and j), generated[0])
+    folder = shutil.copytree(folders['llama'], tmp_path / 'stop')
+    write_json(folder, 'generation_config.json', {'eos_token_id': [1, stop]})
+    tok = HFTokenizer(folder)
+    expected = sample.until_stop(idx[0].tolist(), len(prompt), tok.stop_ids)
+    assert len(prompt) <= len(expected) < idx.size(1)  # it stops before the end
     cfg = dict(sample.DEFAULTS, start='the king', num_samples=1, max_new_tokens=20, temperature=0)
-    import machine
     samples = sample.generate_samples(model.eval(), tok, machine.Machine('cpu', 'float32', compile=False), cfg,
                                       write=lambda text: None)
-    assert samples == [expected]
+    assert samples == [tok.decode(expected)]
+    assert f'(1 x {len(expected) - len(prompt) + 1} tokens' in capsys.readouterr().err  # generation ended at the stop
 
 
 @pytest.fixture(scope='module')
@@ -295,6 +312,26 @@ def test_a_model_folder_samples_with_its_own_tokenizer(folders, exported, tmp_pa
     assert result.returncode == 0, result.stderr
     chat = HFTokenizer(folders['llama']).render_chat([{'role': 'user', 'content': 'Who art thou?'}])
     assert result.stdout == chat.removeprefix('<s>') + '\n' + sample.SEPARATOR + '\n'
+
+
+def test_gpt2_as_a_tokenizer_json_prepares_tiktokens_bins(tmp_path):
+    """GPT-2's BPE written as a tokenizer.json (from the files tiktoken reads) prepares the very bins that
+    --tokenizer=gpt2 (tiktoken) does: two independent implementations, the same ids."""
+    import sys
+    enc = gpt2_encoding()  # or skip: its files are what the tokenizer.json is made of
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from prepare_speed import gpt2_tokenizer_folder
+    folder = gpt2_tokenizer_folder(str(tmp_path / 'gpt2'))
+    tok = HFTokenizer(folder)
+    for text in TEXTS:
+        assert tok.encode(text) == enc.encode(text, allowed_special='all') and tok.decode(tok.encode(text)) == text
+    with open(tmp_path / 'corpus.jsonl', 'w') as f:
+        f.writelines(json.dumps({'text': make_text(3_000, seed=i) + text}) + '\n' for i, text in enumerate(TEXTS))
+    results = run_all(*[('prepare.py', tmp_path / 'corpus.jsonl', f'--out_dir={tmp_path / name}', f'--tokenizer={tok}',
+                         '--num_proc=2') for name, tok in (('a', 'gpt2'), ('b', folder))])
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    for split in ('train.bin', 'val.bin'):
+        assert (tmp_path / 'a' / split).read_bytes() == (tmp_path / 'b' / split).read_bytes()
 
 
 def test_ids_above_65535_are_written_as_uint32(tmp_path):
@@ -332,7 +369,8 @@ def test_ids_above_65535_are_written_as_uint32(tmp_path):
 # bad files: one line, exit 1
 
 
-def test_damaged_or_foreign_tokenizer_files_are_one_line_errors(folders, trained, tmp_path):
+def test_damaged_or_foreign_tokenizer_files_are_one_line_errors(folders, tmp_path):
+    """Each damaged file is an error naming it, in one line (prepare.py's exit 1 shown for two of them)."""
     def variant(name, edit):
         folder = tmp_path / name
         shutil.copytree(folders['llama'], folder)
@@ -345,27 +383,36 @@ def test_damaged_or_foreign_tokenizer_files_are_one_line_errors(folders, trained
 
     bad = {
         'tokenizer.json is not a readable': variant('truncated', truncate),
-        'tokenizer_config.json is unreadable': variant('config', lambda f: (f / 'tokenizer_config.json').write_text('{')),
+        'tokenizer_config.json is unreadable': variant('config',
+                                                       lambda f: (f / 'tokenizer_config.json').write_text('{')),
         'is not a token of tokenizer.json': variant('eos', lambda f: write_json(f, 'tokenizer_config.json',
                                                                                  {'eos_token': '<|nope|>'})),
         'eos_token_id=': variant('generation', lambda f: write_json(f, 'generation_config.json',
                                                                     {'eos_token_id': [1, 10 ** 9]})),
         'not a JSON object': variant('list', lambda f: write_json(f, 'tokenizer_config.json', [])),
+        'chat_template is a dict': variant('template', lambda f: write_json(f, 'tokenizer_config.json',
+                                                                            {'chat_template': {}})),
         'has no tokenizer.json': variant('missing', lambda f: (f / 'tokenizer.json').unlink()),
     }
+    for words, folder in bad.items():
+        with pytest.raises((ValueError, OSError), match=re.escape(words)) as e:
+            HFTokenizer(folder)
+        assert '\n' not in str(e.value)
     corpus = tmp_path / 'corpus.txt'
     corpus.write_text(make_text(2_000))
-    results = run_all(*[('prepare.py', corpus, f'--out_dir={tmp_path / "data" / str(i)}', f'--tokenizer={folder}',
-                         '--num_proc=1') for i, folder in enumerate(bad.values())],
-                      ('prepare.py', corpus, f'--out_dir={tmp_path / "hub"}', '--tokenizer=NoSuchOrg/no-such-model'))
-    for result, words in zip(results, [*bad, 'NoSuchOrg/no-such-model']):
-        assert_one_line_error(result, words)
+    results = run_all(('prepare.py', corpus, f"--out_dir={tmp_path / 'data'}", f"--tokenizer={tmp_path / 'truncated'}"),
+                      ('prepare.py', corpus, f"--out_dir={tmp_path / 'data'}", '--tokenizer=NoSuchOrg/no-such-model'))
+    assert_one_line_error(results[0], 'truncated/tokenizer.json is not a readable tokenizer.json')
+    assert_one_line_error(results[1], 'could not download the tokenizer of NoSuchOrg/no-such-model', 'HF_HUB_OFFLINE')
     assert not os.path.exists(tmp_path / 'data')  # nothing written
 
 
 def test_a_replaced_or_outside_tokenizer_is_refused(folders, trained, tmp_path):
-    """The dataset's tokenizer.json replaced by another, linked to a file outside its folder, or meta.pkl naming a
-    file outside it: every reader refuses in one line; so does sampling a checkpoint with another tokenizer's data."""
+    """The dataset's tokenizer.json replaced by another vocabulary, linked to a file outside its folder, or meta.pkl
+    naming a file outside it: refused in one line (sample.py and train.py shown); so is sampling a checkpoint with
+    another tokenizer's data (the checkpoint's fingerprint)."""
+    import corpus
+
     def data_copy(name, edit):
         folder = tmp_path / name
         shutil.copytree(trained['data'], folder)
@@ -389,21 +436,21 @@ def test_a_replaced_or_outside_tokenizer_is_refused(folders, trained, tmp_path):
         with open(folder / 'meta.pkl', 'wb') as f:
             pickle.dump(dict(meta, tokenizer='../elsewhere/tokenizer.json'), f)
 
+    replaced, linked = data_copy('replaced', replace), data_copy('linked', link_out)
+    for folder, words in ((replaced, 'is not the tokenizer its bins were made with'), (linked, 'which is outside'),
+                          (data_copy('named', name_out), "tokenizer='../elsewhere/tokenizer.json' is not")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            tokenizers.for_data(str(folder))
     other = tmp_path / 'other_data'
-    corpus = tmp_path / 'corpus.txt'
-    corpus.write_text(make_text(3_000))
-    assert run('prepare.py', corpus, f'--out_dir={other}', f'--tokenizer={another}').returncode == 0
-    cases = [(data_copy('replaced', replace), 'is not the tokenizer its bins were made with'),
-             (data_copy('linked', link_out), 'outside'),
-             (data_copy('named', name_out), "tokenizer='../elsewhere/tokenizer.json' is not"),
-             (other, 'describes another vocabulary than')]
-    results = run_all(*[('sample.py', f"--out_dir={trained['out']}", f'--data_dir={d}', '--device=cpu',
-                         '--max_new_tokens=2') for d, _ in cases],
-                      ('train.py', f"--out_dir={tmp_path / 'run'}", f'--data_dir={cases[0][0]}', *TINY,
-                       '--hellaswag_interval=1'))
-    for result, (_, words) in zip(results, cases):
-        assert_one_line_error(result, words)
-    assert_one_line_error(results[-1], 'is not the tokenizer its bins were made with')
+    (tmp_path / 'corpus.txt').write_text(make_text(3_000))
+    corpus.prepare_corpus(str(tmp_path / 'corpus.txt'), str(other), another)
+    results = run_all(
+        ('sample.py', f"--out_dir={trained['out']}", f'--data_dir={replaced}', '--device=cpu', '--max_new_tokens=2'),
+        ('sample.py', f"--out_dir={trained['out']}", f'--data_dir={other}', '--device=cpu', '--max_new_tokens=2'),
+        ('train.py', f"--out_dir={tmp_path / 'run'}", f'--data_dir={linked}', *TINY, '--hellaswag_interval=1'))
+    assert_one_line_error(results[0], 'is not the tokenizer its bins were made with')
+    assert_one_line_error(results[1], 'describes another vocabulary than', 'ckpt.pt')
+    assert_one_line_error(results[2], 'which is outside')
 
 
 def test_hellaswag_encodes_with_the_models_tokenizer(folders):
@@ -417,3 +464,38 @@ def test_hellaswag_encodes_with_the_models_tokenizer(folders):
         assert row[:len(context) + n] == context + tok.encode(' ' + ending, bos=False)
         assert row_mask[len(context):len(context) + n] == [1] * n and sum(row_mask) == n
     hellaswag.check_tokenizer(tok)  # accepted, as GPT-2's BPE is
+
+
+def test_evaluate_scores_hellaswag_in_the_models_tokens(trained, tmp_path):
+    """evaluate.py on a run trained on tokenizer.json bins: its acc and acc_norm equal llm.c's rule computed here
+    one unpadded row at a time, in the dataset's tokens (the context after its BOS, each ending without one)."""
+    import torch.nn.functional as F
+
+    import checkpoint
+    sentences = [' '.join(WORDS[i:i + 4]) for i in range(0, 48, 4)]
+    examples = [{'ctx': sentences[i].capitalize(), 'endings': [s + '.' for s in sentences[i + 1:i + 5]], 'label': i % 4}
+                for i in range(6)]
+    with open(tmp_path / 'val.jsonl', 'w') as f:
+        f.writelines(json.dumps(e) + '\n' for e in examples)
+    result = run('evaluate.py', f"--out_dir={trained['out']}", f"--data={tmp_path / 'val.jsonl'}", '--device=cpu',
+                 '--dtype=float32', '--json=True')
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    model, source = checkpoint.load_model('resume', trained['out'])
+    tok = tokenizers.for_model(model.eval(), source)
+    correct = correct_norm = 0
+    for example in examples:
+        context, summed, mean = tok.encode(example['ctx']), [], []
+        for ending in example['endings']:
+            row = torch.tensor([context + tok.encode(' ' + ending, bos=False)])
+            with torch.no_grad():
+                logits = model(row[:, :-1], targets=row[:, 1:])[0][0]
+            losses = F.cross_entropy(logits[len(context) - 1:], row[0, len(context):], reduction='none')
+            summed.append(losses.sum().item())
+            mean.append(losses.mean().item())
+        for losses in (summed, mean):
+            best, second = sorted(losses)[:2]
+            assert second - best > 1e-4, losses  # a clear choice: rounding cannot flip it
+        correct += min(range(4), key=summed.__getitem__) == example['label']
+        correct_norm += min(range(4), key=mean.__getitem__) == example['label']
+    assert (out['n'], out['acc'], out['acc_norm']) == (6, correct / 6, correct_norm / 6)
