@@ -245,9 +245,12 @@ def create_app(engine, tokenizer, model_name, cfg):
     @app.post('/v1/chat/completions', dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
         req = await parse(request, ChatRequest)
+        if tokenizer.chat_template is None:  # a base model: characters, GPT-2's BPE, a folder without a template
+            raise APIError(400, f'model {model_name!r} has no chat template ({tokenizer.name} tokenizer): use '
+                           '/v1/completions with a plain prompt', param='messages', code='no_chat_template')
         try:  # in the tokenizer's sandbox: a template formats the messages and reaches nothing else
             text = tokenizer.render_chat([m.model_dump() for m in req.messages], add_generation_prompt=True)
-        except ValueError as e:  # no chat template (a base model: use /v1/completions), or the template failed
+        except ValueError as e:  # the template failed on these messages
             raise APIError(400, f'model {model_name!r}: {e}', param='messages') from None
         return await respond(request, req, await prompt_ids(text, bos=False), chat=True)  # the template wrote any BOS
 

@@ -159,7 +159,7 @@ def test_greedy_equals_sample_py(server, run_dir):
 def test_chat_needs_a_chat_template(server):
     with pytest.raises(openai.BadRequestError) as e:
         client(server[0]).chat.completions.create(model='tiny', messages=[{'role': 'user', 'content': 'hi'}])
-    assert e.value.status_code == 400 and 'no chat template' in e.value.message and e.value.param == 'messages'
+    assert e.value.status_code == 400 and e.value.code == 'no_chat_template' and 'chat template' in e.value.message
 
 
 def test_chat_with_a_template_stops_at_its_stop_id(chat_run, tmp_path):
