@@ -348,9 +348,9 @@ class GPT(nn.Module):
         return idx
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick the next token from last-position logits (B, vocab): greedy when temperature is 0, else sample
-    from the softmax at that temperature, keeping the top_k most likely and the nucleus of mass top_p."""
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from last-position logits (B, vocab): greedy when temperature is 0, else sample (with
+    `generator`, else the global one) from the softmax at that temperature, top_k most likely, nucleus top_p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = (logits.float() - logits.amax(dim=-1, keepdim=True)) / temperature  # the top logit is 0: no NaN
@@ -363,7 +363,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         sorted_probs = sorted_logits.softmax(dim=-1)
         remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the token that crosses top_p
         logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(remove, -float('inf')))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
 # ---- kernels: attention, dropout and GELU, whose implementation is picked here and nowhere else ----------
