@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from atomic import atomic_path, inside
 from configurator import one_line, read_config_file
 from model import GPTConfig
+from tokenizer import TOKENIZER_FILES
 
 PRETRAINED = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')  # organization/name, e.g. HuggingFaceTB/SmolLM2-135M
@@ -35,8 +36,7 @@ FAMILIES = {
 }
 GPT2_ARCHITECTURE = 'GPT2LMHeadModel'
 # what a hub id's download holds: the model, its tokenizer and chat template; never code or pickles
-HUB_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json',
-             'special_tokens_map.json', 'chat_template.jinja']
+HUB_FILES = ['config.json', *TOKENIZER_FILES]
 WEIGHT_FILES = ['model.safetensors', 'model.safetensors.index.json', 'model-*.safetensors']
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -347,8 +347,6 @@ def gpt2_args_from_hf(hf, source):
 GPT2_ARCH = dict(norm='layernorm', pos_emb='learned', mlp='gelu')
 LLAMA_ARCH = dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu')
 GPT2_EOS = 50256  # <|endoftext|> of the GPT-2 BPE, which the project's BPE datasets use
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json',
-                   'chat_template.jinja')
 
 
 def hf_layout(config):
