@@ -46,6 +46,12 @@ def tiny_data(folder):
                      'stoi': {chr(32 + i): i for i in range(65)}, 'itos': {i: chr(32 + i) for i in range(65)}}, f)
 
 
+def workers(agent):
+    """The pids of the training processes a torchrun agent started (Linux /proc)."""
+    return [int(pid) for task in os.listdir(f'/proc/{agent.pid}/task')
+            for pid in open(f'/proc/{agent.pid}/task/{task}/children').read().split()]
+
+
 def one_restart(preset, tmp, data_dir):
     argv = ['--eval_interval=20', *PRESETS[preset], '--device=cpu', '--compile=False', '--max_iters=100000',
             '--log_interval=1', '--init_from=auto', f'--out_dir={tmp}/out', '--gradient_accumulation_steps=2']
@@ -53,7 +59,7 @@ def one_restart(preset, tmp, data_dir):
     agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
                               '--nproc_per_node=2', 'train.py', *argv], cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+                             env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1'))  # lines as printed
     lines = []  # (time, line)
     reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in agent.stdout))
     reader.start()
@@ -63,9 +69,8 @@ def one_restart(preset, tmp, data_dir):
             if agent.poll() is not None:
                 raise RuntimeError('the run ended before its first checkpoint')
         time.sleep(0.5)
-        worker = int(open(f'/proc/{agent.pid}/task/{agent.pid}/children').read().split()[-1])
         killed = time.time()
-        os.kill(worker, signal.SIGKILL)
+        os.kill(max(workers(agent)), signal.SIGKILL)
         while True:
             after = [(t, line) for t, line in list(lines) if t > killed]
             models = [t for t, line in after if line.startswith('model:')]
@@ -77,6 +82,8 @@ def one_restart(preset, tmp, data_dir):
                 raise RuntimeError('the run ended without a restart')
             time.sleep(0.01)
     finally:
+        for pid in workers(agent):  # each in a process group of its own
+            os.kill(pid, signal.SIGKILL)
         os.killpg(agent.pid, signal.SIGKILL)
         agent.wait()
         reader.join()

@@ -145,8 +145,18 @@ def start_nodes(script, *argv, nodes=2, processes=1, rendezvous=False, node_argv
 
 
 def kill_tree(process, sig=None):
-    """Signal a process started in a session of its own and everything it started (SIGKILL by default)."""
+    """Signal a process started in a session of its own, its group and its children (SIGKILL by default): torchrun
+    starts each worker in a process group of its own."""
     import signal
+    try:
+        workers = children(process.pid)
+    except FileNotFoundError:  # it has ended
+        workers = []
+    for pid in workers:
+        try:
+            os.kill(pid, sig or signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
         os.killpg(process.pid, sig or signal.SIGKILL)
     except ProcessLookupError:
