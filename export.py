@@ -9,8 +9,9 @@ loads with from_pretrained and runs with the same logits.
 GPT-2-architecture models (LayerNorm, learned positions, GELU MLP, n_kv_head == n_head) become
 GPT2LMHeadModel; Llama-style models (RMSNorm, rotary positions, SwiGLU, grouped-query attention or not)
 become LlamaForCausalLM, or Qwen2ForCausalLM with q/k/v biases, Qwen3ForCausalLM with q/k norms. Other mixes
-are refused: no Hugging Face architecture computes them. A checkpoint's folder gets no tokenizer files (see the
-README for the one to add); a Hugging Face source's tokenizer files and token ids come along.
+are refused: no Hugging Face architecture computes them. A Hugging Face source's tokenizer files and token ids
+come along, and so do those of a checkpoint trained on data prepared with a tokenizer.json (`prepare.py
+--tokenizer=...`, checked by its fingerprint); for GPT-2 BPE or characters the script says what to do.
 """
 
 import os
@@ -28,6 +29,18 @@ DEFAULTS = dict(
 )
 
 
+def trained_tokenizer(ckpt):
+    """The data folder whose tokenizer.json the checkpoint was trained with, if it still holds that tokenizer."""
+    data_dir = ckpt['config'].get('data_dir') or ''
+    if not os.path.isfile(os.path.join(data_dir, 'tokenizer.json')):
+        return None
+    from tokenizer import HFTokenizer
+    if HFTokenizer(data_dir).fingerprint != ckpt['config'].get('tokenizer'):
+        print(f'{data_dir} holds another tokenizer than the one this model was trained with: no tokenizer files exported')
+        return None
+    return data_dir
+
+
 def main():
     config = configure(DEFAULTS, sys.argv[1:])
     if not config['to']:
@@ -35,11 +48,12 @@ def main():
                          'e.g. python export.py --out_dir=out --to=hf/')
     model, source = checkpoint.load_model(config['init_from'], config['out_dir'])
     hf_source = source.path if source.ckpt is None and os.path.isdir(source.path) else None  # not a GPT-2 name
-    arch = export_hf(model, config['to'], config['force'], hf_source)
+    data_tokenizer = trained_tokenizer(source.ckpt) if source.ckpt is not None else None
+    arch = export_hf(model, config['to'], config['force'], hf_source, data_tokenizer)
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "
           f"{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters")
-    if hf_source:
-        print(f'with the tokenizer files of {source.name}')
+    if hf_source or data_tokenizer:
+        print(f'with the tokenizer files of {hf_source or data_tokenizer}')
     elif model.config.vocab_size > GPT2_EOS:
         print("add the GPT-2 tokenizer: AutoTokenizer.from_pretrained('openai-community/gpt2')"
               f".save_pretrained({config['to']!r})")

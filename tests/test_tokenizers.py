@@ -287,11 +287,42 @@ def test_greedy_sample_equals_recomputation_cut_at_the_first_stop(folders, train
 
 @pytest.fixture(scope='module')
 def exported(trained):
-    """The trained run's model as a Hugging Face folder (export.py), its weights only."""
+    """The trained run's model as a Hugging Face folder (export.py), with its data folder's tokenizer files."""
     folder = trained['tmp'] / 'exported'
     result = run('export.py', f"--out_dir={trained['out']}", f'--to={folder}')
     assert result.returncode == 0, result.stderr
     return folder
+
+
+def test_export_brings_the_tokenizer_the_model_was_trained_with(folders, trained, exported):
+    """export.py copies the data folder's tokenizer files (the model's tokenizer, by its fingerprint) and writes
+    their BOS/EOS ids into config.json: transformers loads the folder with its tokenizer and encodes as we do."""
+    tokenizer = HFTokenizer(folders['llama'])
+    for name in ('tokenizer.json', 'tokenizer_config.json'):
+        with open(os.path.join(trained['data'], name), 'rb') as a, open(exported / name, 'rb') as b:
+            assert a.read() == b.read()
+    with open(exported / 'config.json') as f:
+        config = json.load(f)
+    assert (config['bos_token_id'], config['eos_token_id']) == (tokenizer.bos_id, tokenizer.eos_id)
+    text = 'héllo wörld 東京 🤗'
+    assert reference(str(exported))(text)['input_ids'] == tokenizer.encode(text)
+
+
+def test_export_leaves_out_a_tokenizer_replaced_since_training(trained, tmp_path):
+    """A data folder prepared again with another tokenizer since the run: its files are not the model's, so
+    export.py writes the weights and says that it brings no tokenizer."""
+    data = tmp_path / 'data'
+    shutil.copytree(trained['data'], data)
+    write_tokenizer(data, vocab=300)  # another vocabulary in the run's data folder
+    out = tmp_path / 'out'
+    shutil.copytree(trained['out'], out)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    ckpt['config']['data_dir'] = str(data)
+    torch.save(ckpt, out / 'ckpt.pt')
+    result = run('export.py', f'--out_dir={out}', f"--to={tmp_path / 'hf'}")
+    assert result.returncode == 0, result.stderr
+    assert 'holds another tokenizer than the one this model was trained with' in result.stdout
+    assert not os.path.exists(tmp_path / 'hf' / 'tokenizer.json')
 
 
 def model_folder(exported, tokenizer_folder, folder):
