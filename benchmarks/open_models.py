@@ -36,6 +36,7 @@ DEFAULTS = dict(
     prompt_tokens=16,
     new_tokens=128,
     shapes='tiny,smollm2_135m',  # the generate benchmark's models
+    threads=0,  # torch's threads for generate; 0 keeps torch's default (a busy machine stalls multi-threaded kernels)
     keep='',  # a folder to write the random models into and keep; '' uses a temporary one
 )
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -135,6 +136,8 @@ def bench_generate(folder, runs, prompt_tokens, new_tokens):
 def main():
     cfg = configure(DEFAULTS, sys.argv[1:])
     what = cfg['what'].split(',')
+    if cfg['threads']:
+        torch.set_num_threads(cfg['threads'])
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability '
           f'{torch.backends.cpu.get_cpu_capability()}')
     with tempfile.TemporaryDirectory() as tmp:
