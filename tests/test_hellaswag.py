@@ -225,7 +225,7 @@ def test_a_char_level_model_is_refused_in_one_line(char_data, tmp_path):
 
 def test_an_unknown_task_lists_the_tasks():
     result = run_evaluate('--task=mmlu')
-    assert result.returncode == 1 and result.stderr == "error: task='mmlu' is not one of the tasks: hellaswag\n"
+    assert result.returncode == 1 and result.stderr == "error: task='mmlu' is not one of the tasks: hellaswag, bpb\n"
 
 
 def test_a_file_that_is_not_hellaswag_names_its_line(tmp_path):
