@@ -199,7 +199,7 @@ def test_hub_name_loads_from_the_hf_cache(tmp_path, hf_cache, repo, monkeypatch)
 
 
 def test_neither_a_name_nor_a_gpt2_folder(tmp_path):
-    with pytest.raises(ValueError, match="init_from='gpt3' is not 'scratch', 'resume', one of gpt2"):
+    with pytest.raises(ValueError, match="init_from='gpt3' is not 'scratch', 'resume', 'auto', one of gpt2"):
         load_gpt2('gpt3')
     with pytest.raises(ValueError, match='is not a Hugging Face model folder'):
         load_gpt2(str(tmp_path))
