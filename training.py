@@ -67,7 +67,7 @@ DEFAULTS = dict(
     peak_flops=0.0,  # the device's peak FLOP/s for MFU; 0: known GPUs from a table, CPUs measured, else no MFU
     seed=1337,
 )
-TYPES_OF_NONE = {'vocab_size': int, 'd_ff': int, 'n_kv_head': int, 'compile': bool}
+TYPES_OF_NONE = {'vocab_size': int, 'd_ff': int, 'n_kv_head': int, 'head_size': int, 'compile': bool}
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, saved; the same command continues it (init_from='auto')
 CHOICES = {'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'wsd'), 'parallel': ('ddp', 'fsdp')}
 
