@@ -18,6 +18,7 @@ import os
 import sys
 
 import checkpoint
+from atomic import inside
 from configurator import cli, configure
 from hf import GPT2_EOS, export_hf
 
@@ -30,15 +31,18 @@ DEFAULTS = dict(
 
 
 def trained_tokenizer(ckpt):
-    """The data folder whose tokenizer.json the checkpoint was trained with, if it still holds that tokenizer."""
+    """The tokenizer.json tokenizer the checkpoint was trained with, if its data folder still holds that one."""
     data_dir = ckpt['config'].get('data_dir') or ''
     if not os.path.isfile(os.path.join(data_dir, 'tokenizer.json')):
         return None
-    from tokenizer import HFTokenizer
-    if HFTokenizer(data_dir).fingerprint != ckpt['config'].get('tokenizer'):
+    from tokenizer import TOKENIZER_FILES, HFTokenizer
+    for name in TOKENIZER_FILES:  # prepare.py copied these in: a link out of the folder was planted
+        inside(data_dir, name)
+    tokenizer = HFTokenizer(data_dir)
+    if tokenizer.fingerprint != ckpt['config'].get('tokenizer'):
         print(f'{data_dir} holds another tokenizer than the one this model was trained with: no tokenizer files exported')
         return None
-    return data_dir
+    return tokenizer
 
 
 def main():
@@ -53,7 +57,7 @@ def main():
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "
           f"{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters")
     if hf_source or data_tokenizer:
-        print(f'with the tokenizer files of {hf_source or data_tokenizer}')
+        print(f'with the tokenizer files of {hf_source or data_tokenizer.folder}')
     elif model.config.vocab_size > GPT2_EOS:
         print("add the GPT-2 tokenizer: AutoTokenizer.from_pretrained('openai-community/gpt2')"
               f".save_pretrained({config['to']!r})")

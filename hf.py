@@ -427,26 +427,28 @@ def llama_config(config, architecture, token_ids):
     }
 
 
-def token_ids(config, source_folder, tokenizer_folder=None):
-    """bos/eos/pad token ids for config.json: the source folder's, else the tokenizer's (a tokenizer.json the model
-    was trained with), else GPT-2's <|endoftext|> for a GPT-2 BPE vocabulary, else none."""
+def token_ids(config, source_folder, tokenizer=None):
+    """bos/eos/pad token ids for config.json: the source folder's, else the tokenizer's (the HFTokenizer of the
+    tokenizer.json the model was trained with), else GPT-2's <|endoftext|> for a GPT-2 BPE vocabulary, else none."""
     if source_folder:
         source = read_json(os.path.join(source_folder, 'config.json'), 'a JSON object of settings')
         return {k: source.get(k) for k in ('bos_token_id', 'eos_token_id', 'pad_token_id')}
-    if tokenizer_folder:
-        from tokenizer import HFTokenizer
-        tokenizer = HFTokenizer(tokenizer_folder)
+    if tokenizer:
         return {'bos_token_id': tokenizer.bos_id, 'eos_token_id': tokenizer.eos_id}
     eos = GPT2_EOS if config.vocab_size > GPT2_EOS else None
     return {'bos_token_id': eos, 'eos_token_id': eos}
 
 
-def export_hf(model, folder, force=False, source_folder=None, tokenizer_folder=None):
+def export_hf(model, folder, force=False, source_folder=None, tokenizer=None):
     """Write `model` to `folder` as a Hugging Face model; returns the architecture written (hf_layout). Files
     already there other than config.json and model.safetensors (a tokenizer, a README) are kept. A model read
     from a Hugging Face `source_folder` keeps its token ids, and its tokenizer files come along where `folder`
-    has none; so do those of `tokenizer_folder` (the data folder of a model trained on a tokenizer.json)."""
-    tokenizer_folder = source_folder or tokenizer_folder
+    has none; so do those of `tokenizer` (the HFTokenizer of the data a model was trained on) and its ids."""
+    tokenizer_folder = source_folder or (tokenizer.folder if tokenizer else None)
+    # checked before anything is written: a tokenizer file linked out of its folder is refused, never copied
+    tokenizer_files = [(inside(tokenizer_folder, name, cache_repo(tokenizer_folder)), os.path.join(folder, name))
+                       for name in (TOKENIZER_FILES if tokenizer_folder else ())
+                       if os.path.lexists(os.path.join(tokenizer_folder, name))]
     layout = hf_layout(model.config)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f'--to={folder} is a file: give a folder to write config.json and model.safetensors into')
@@ -454,7 +456,7 @@ def export_hf(model, folder, force=False, source_folder=None, tokenizer_folder=N
     if present and not force:
         raise ValueError(f"{folder} already holds {' and '.join(present)}: pass --force=True to replace them, "
                          'or choose another --to folder')
-    ids = token_ids(model.config, source_folder, tokenizer_folder)
+    ids = token_ids(model.config, source_folder, tokenizer)
     tensors, config = (gpt2_tensors(model), gpt2_config(model.config, ids)) if layout == GPT2_ARCHITECTURE else \
         (llama_tensors(model), llama_config(model.config, layout, ids))
     # safetensors wants each tensor in its own contiguous memory (views of c_attn and transposes are neither)
@@ -472,10 +474,10 @@ def export_hf(model, folder, force=False, source_folder=None, tokenizer_folder=N
                 save_file(tensors, weights_tmp, metadata={'format': 'pt'})
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(config_path)
-        for name in TOKENIZER_FILES if tokenizer_folder else ():
-            if os.path.isfile(os.path.join(tokenizer_folder, name)) and not os.path.exists(os.path.join(folder, name)):
-                with atomic_path(os.path.join(folder, name)) as tmp:
-                    shutil.copyfile(os.path.join(tokenizer_folder, name), tmp)
+        for source, target in tokenizer_files:
+            if os.path.isfile(source) and not os.path.exists(target):
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
         raise OSError(f'could not write {folder} ({getattr(e, "strerror", None) or one_line(e, 150)}): the files '
                       'already there are unchanged; free some disk space or choose another --to') from None

@@ -530,3 +530,27 @@ def test_evaluate_scores_hellaswag_in_the_models_tokens(trained, tmp_path):
         correct += min(range(4), key=summed.__getitem__) == example['label']
         correct_norm += min(range(4), key=mean.__getitem__) == example['label']
     assert (out['n'], out['acc'], out['acc_norm']) == (6, correct / 6, correct_norm / 6)
+
+
+def test_export_never_copies_a_tokenizer_file_linked_out_of_its_folder(folders, trained, exported, tmp_path):
+    """A tokenizer file planted as a link to a file outside the folder (here a 'secret') in the run's data folder,
+    or in a Hugging Face folder given to --init_from: export.py refuses in one line, before writing anything,
+    and the secret is never copied into the export."""
+    secret = tmp_path / 'secret.json'
+    secret.write_text('{"api_key": "do not copy me"}')
+    data = tmp_path / 'data'
+    shutil.copytree(trained['data'], data)
+    (data / 'tokenizer_config.json').unlink()
+    (data / 'tokenizer_config.json').symlink_to(secret)
+    out = tmp_path / 'out'
+    shutil.copytree(trained['out'], out)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    ckpt['config']['data_dir'] = str(data)
+    torch.save(ckpt, out / 'ckpt.pt')
+    source = model_folder(exported, folders['llama'], tmp_path / 'source')
+    (source / 'special_tokens_map.json').symlink_to(secret)
+    results = run_all(('export.py', f'--out_dir={out}', f"--to={tmp_path / 'from_run'}"),
+                      ('export.py', f'--init_from={source}', f"--to={tmp_path / 'from_folder'}"))
+    for result, to in zip(results, ('from_run', 'from_folder')):
+        assert_one_line_error(result, 'which is outside')
+        assert not os.path.exists(tmp_path / to) or not os.listdir(tmp_path / to)
