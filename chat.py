@@ -32,7 +32,7 @@ class Chat:
         self.room = model.config.block_size - cfg['max_new_tokens']  # for the conversation; the rest for the reply
         dtype = machines.DTYPES[machine.dtype] if machine.dtype != 'float32' else model.lm_head.weight.dtype
         self.cache = KVCache(model.config, 1, model.config.block_size, machine.device, dtype)
-        self.system = [{'role': 'system', 'content': cfg['system']}] if cfg['system'] else []
+        self.system = opening(cfg)
         self.reset()
 
     def reset(self):
@@ -103,9 +103,14 @@ def notice(text):
     print(text, file=sys.stderr, flush=True)
 
 
+def opening(cfg):
+    """The messages that open every conversation: the system message, if any."""
+    return [{'role': 'system', 'content': cfg['system']}] if cfg['system'] else []
+
+
 def check_options(cfg, model, tokenizer):
-    if tokenizer.chat_template is None:
-        tokenizer.render_chat([])  # raises the tokenizer's one-line error: no chat template
+    # a model without a chat template, or a template that fails, is a one-line error now, not after the first turn
+    tokenizer.render_chat(opening(cfg) + [{'role': 'user', 'content': 'hi'}])
     if cfg['max_new_tokens'] >= model.config.block_size:
         raise ValueError(f"max_new_tokens={cfg['max_new_tokens']} leaves no room for the conversation in the "
                          f'context of {model.config.block_size} tokens: pass a smaller one, e.g. '
