@@ -30,8 +30,8 @@ class Chat:
     def __init__(self, model, tokenizer, machine, cfg, write=print_now):
         self.model, self.tokenizer, self.machine, self.cfg, self.write = model, tokenizer, machine, cfg, write
         self.room = model.config.block_size - cfg['max_new_tokens']  # for the conversation; the rest for the reply
-        dtype = machines.DTYPES[machine.dtype] if machine.dtype != 'float32' else model.lm_head.weight.dtype
-        self.cache = KVCache(model.config, 1, model.config.block_size, machine.device, dtype)
+        self.dtype = machines.DTYPES[machine.dtype] if machine.dtype != 'float32' else model.lm_head.weight.dtype
+        self.cache = KVCache(model.config, 1, 0, machine.device, self.dtype)  # grown as the conversation grows
         self.system = opening(cfg)
         self.reset()
 
@@ -64,6 +64,16 @@ class Chat:
                    f"{dropped} turn{'s' * (dropped > 1)}")
         return ids
 
+    def grow(self, kept, needed):
+        """A cache of at least `needed` positions, the first `kept` copied over: doubled as the conversation grows
+        up to block_size, not allocated whole at the start (131,072 positions for Llama 3.2 would be gigabytes)."""
+        if needed > self.cache.max_len:
+            size = min(self.model.config.block_size, max(needed, 2 * self.cache.max_len))
+            cache = KVCache(self.model.config, 1, size, self.machine.device, self.dtype)
+            for old, new in zip(self.cache.k + self.cache.v, cache.k + cache.v):
+                new[:, :, :kept] = old[:, :, :kept]
+            self.cache = cache
+
     def run(self, ids):
         """Run ids after the cached tokens; the last one's logits (1, 1, vocab)."""
         self.cached += ids
@@ -78,6 +88,7 @@ class Chat:
         if ids is None:
             return None
         kept = len(self.cached) if len(ids) > len(self.cached) and ids[:len(self.cached)] == self.cached else 0
+        self.grow(kept, len(ids) + self.cfg['max_new_tokens'])
         self.cached, self.cache.pos = self.cached[:kept], kept  # from the start when the template rewrote the past
         cfg, streamer, reply = self.cfg, Streamer(self.tokenizer, [], self.write), []
         t0 = time.time()

@@ -192,7 +192,8 @@ def test_ctrl_c_ends_the_chat_and_each_reply_comes_before_the_next_turn(folders)
 
 
 def test_a_reply_streams_token_by_token(folders):
-    """From Python: Chat.reply writes the reply in pieces as it is sampled, and they make the reply."""
+    """From Python: Chat.reply writes the reply in pieces as it is sampled, and they make the reply; the KV cache
+    grows with the conversation."""
     model, _ = checkpoint.load_model(folders['kept'])
     cfg = configure(sample.DEFAULTS, ['--temperature=0', f'--max_new_tokens={MAX_NEW}'])
     chunks = []
@@ -201,6 +202,9 @@ def test_a_reply_streams_token_by_token(folders):
     reply = conversation.reply('how?')
     assert len(chunks) == len(recompute(folders['kept'], ['how?'])['ids'][0]) + 1 > 2  # a piece per token, '\n'
     assert ''.join(chunks) == reply + '\n' and conversation.messages[-1] == {'role': 'assistant', 'content': reply}
+    # the cache grows with the conversation (its start copied over), not allocated to block_size at once
+    assert conversation.reply('more') + '\n' == recompute(folders['kept'], ['how?', 'more'])['stdout'].split('you> ')[2]
+    assert len(conversation.cached) <= conversation.cache.max_len < model.config.block_size
 
 
 def test_bad_chat_options_are_one_line_errors(folders):
