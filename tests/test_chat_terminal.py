@@ -160,8 +160,8 @@ def test_a_long_conversation_drops_its_oldest_turns(folders):
     result = chat(folders['kept'], lines, *argv)
     assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
     assert result.stdout == expected['stdout']
-    notices = re.findall(r'the conversation outgrew the context \(block_size 64, max_new_tokens=30 kept for the reply\): '
-                         r'dropped its oldest (\d+) turns?', result.stderr)
+    notices = re.findall(r'the conversation outgrew the context \(block_size 64, max_new_tokens=30 kept for the '
+                         r'reply\): dropped its oldest (\d+) turns?\n', result.stderr)
     assert [int(n) for n in notices] == [n for n in expected['dropped'] if n] and sum(expected['dropped']) >= 2
     assert expected['refused'] == 1 and result.stderr.count('write a shorter one') == 1
     assert kept_in_cache(result.stderr) == expected['kept']
