@@ -5,6 +5,7 @@ Sample from a trained model, or from OpenAI's GPT-2.
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0 --out_file=samples.txt
     python sample.py --init_from=path/to/SmolLM2-135M-Instruct --start="What is rain?" --chat=True
+    python sample.py --init_from=path/to/SmolLM2-135M-Instruct --chat=True    # a chat in the terminal (chat.py)
 
 All samples are generated together as one batch, with a key/value cache; the first sample of
 the batch is printed as it is generated, the others when the batch is done. With a Hugging Face
@@ -23,29 +24,7 @@ import machine as machines
 import tokenizer as tokenizers
 from atomic import atomic_path
 from configurator import cli, configure
-from sampling import DEFAULTS, SEPARATOR, TYPES_OF_NONE, check_options, prompt_ids
-
-
-class Streamer:
-    """Prints the first row's new tokens as they come, until that row gives one of the tokenizer's stop ids;
-    returns True, which ends generation, once every row has. Decodes the whole row each time and holds back a
-    trailing partial character: one BPE token can be half of a multi-byte UTF-8 character."""
-
-    def __init__(self, tokenizer, prompt_ids, write, rows=1):
-        self.tokenizer, self.ids, self.write = tokenizer, list(prompt_ids), write
-        self.printed = len(tokenizer.decode(self.ids))
-        self.stop_ids = torch.tensor(tokenizer.stop_ids, dtype=torch.long)
-        self.stopped = torch.zeros(rows, dtype=torch.bool)
-
-    def __call__(self, tokens):
-        if len(self.stop_ids):
-            self.stopped |= torch.isin(tokens[:, 0].cpu(), self.stop_ids)
-        if not self.stopped[0]:
-            self.ids.append(tokens[0, 0].item())
-            text = self.tokenizer.decode(self.ids).rstrip('\ufffd')
-            self.write(text[self.printed:])
-            self.printed = max(self.printed, len(text))
-        return bool(self.stopped.all())
+from sampling import DEFAULTS, SEPARATOR, TYPES_OF_NONE, Streamer, check_options, print_now, prompt_ids
 
 
 def until_stop(ids, start, stop_ids):
@@ -54,15 +33,10 @@ def until_stop(ids, start, stop_ids):
     return ids[:ends[0]] if ends else ids
 
 
-def print_now(text):
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def generate_samples(model, tokenizer, machine, cfg, write=print_now):
     """Generate cfg['num_samples'] continuations of the prompt as one batch on the machine and write them as
     they come; returns the list of sample texts (prompt included). Only ids the tokenizer decodes are sampled."""
-    prompt = prompt_ids(tokenizer, cfg['start'], cfg['chat'])
+    prompt = prompt_ids(tokenizer, cfg['start'], cfg['chat'], cfg['system'])
     if not prompt:
         raise ValueError('the prompt is empty: give one with --start=TEXT or --start=FILE:path')
     if len(prompt) > model.config.block_size:
@@ -95,6 +69,9 @@ def main(argv=None):
     if machine.compile:
         model.compile()  # in place, so that generate's calls to the model run compiled
     torch.manual_seed(cfg['seed'])
+    if cfg['chat'] and not (cfg['start'] and 'start' in cfg.given):
+        import chat  # the interactive chat: its own module, for its runs only
+        return chat.talk(model, tokenizer, machine, cfg)
     # the output file is opened before generating, so that a path that cannot be written fails at once
     with atomic_path(cfg['out_file']) if cfg['out_file'] else contextlib.nullcontext() as out_tmp:
         samples = generate_samples(model, tokenizer, machine, cfg)

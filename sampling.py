@@ -1,16 +1,22 @@
 """
 The sampling settings that sample.py reads (its keys, their checks, the prompt) and that bench.py and
-benchmarks/sample_recompute.py decode with, so that every generation measured is the one sample.py runs.
+benchmarks/sample_recompute.py decode with, so that every generation measured is the one sample.py runs; the
+Streamer that prints a sample as it comes (sample.py's, chat.py's).
 """
 
 import os
+import sys
+
+import torch
 
 DEFAULTS = dict(
     init_from='resume',  # 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a folder holding a Hugging Face GPT-2
     out_dir='out',
     data_dir='',  # the tokenizer's dataset (meta.pkl); '' means the checkpoint's data, or a folder's tokenizer.json
     start='\n',  # the prompt, or FILE:path to read it from a file
-    chat=False,  # --start is a user's message, in the model's chat template (a Hugging Face tokenizer's)
+    chat=False,  # --start is a user's message, in the model's chat template (a Hugging Face tokenizer's); no --start:
+    # an interactive chat in the terminal (chat.py)
+    system='',  # with chat: a system message that opens the conversation
     num_samples=10,
     max_new_tokens=500,
     temperature=0.8,  # 1.0 samples the model's own distribution, lower is more conservative, 0 is greedy
@@ -63,10 +69,39 @@ def read_prompt(start):
     return start
 
 
-def prompt_ids(tokenizer, start, chat=False):
+def prompt_ids(tokenizer, start, chat=False, system=''):
     """The prompt's token ids: --start's text after the BOS the model family adds (Llama's), or with chat, --start as
-    a user's message in the tokenizer's chat template, the assistant's turn opened (the template writes its BOS)."""
+    a user's message (after the system message, if any) in the tokenizer's chat template, the assistant's turn
+    opened (the template writes its BOS)."""
     text = read_prompt(start)
     if chat:
-        return tokenizer.encode(tokenizer.render_chat([{'role': 'user', 'content': text}]), bos=False)
+        messages = [{'role': 'system', 'content': system}] * bool(system) + [{'role': 'user', 'content': text}]
+        return tokenizer.encode(tokenizer.render_chat(messages), bos=False)
     return tokenizer.encode(text)
+
+
+def print_now(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+class Streamer:
+    """Prints the first row's new tokens as they come, until that row gives one of the tokenizer's stop ids;
+    returns True, which ends generation, once every row has. Decodes the whole row each time and holds back a
+    trailing partial character: one BPE token can be half of a multi-byte UTF-8 character."""
+
+    def __init__(self, tokenizer, prompt, write, rows=1):
+        self.tokenizer, self.ids, self.write = tokenizer, list(prompt), write
+        self.printed = len(tokenizer.decode(self.ids))
+        self.stop_ids = torch.tensor(tokenizer.stop_ids, dtype=torch.long)
+        self.stopped = torch.zeros(rows, dtype=torch.bool)
+
+    def __call__(self, tokens):
+        if len(self.stop_ids):
+            self.stopped |= torch.isin(tokens[:, 0].cpu(), self.stop_ids)
+        if not self.stopped[0]:
+            self.ids.append(tokens[0, 0].item())
+            text = self.tokenizer.decode(self.ids).rstrip('\ufffd')
+            self.write(text[self.printed:])
+            self.printed = max(self.printed, len(text))
+        return bool(self.stopped.all())
