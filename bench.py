@@ -186,7 +186,7 @@ def build(cfg, machine):
     if cfg['synthetic']:
         batches = RandomBatches(model.config.vocab_size, block_size, batch_size, machine.device, cfg['seed'])
     else:
-        batches = dataset.Batches(data_dir, meta, block_size, batch_size, machine.device, cfg['seed'],
+        batches = dataset.batches(data_dir, meta, block_size, batch_size, machine.device, cfg['seed'],
                                   model.config.vocab_size)
     return model, batches, data_dir
 

@@ -51,6 +51,9 @@ DEFAULTS = {
     'special_tokens': '',  # --tokenizer=bpe: tokens of your own after <|endoftext|>, comma-separated
     'tokenizer_sample_bytes': 100_000_000,  # --tokenizer=bpe: train it on at most this much text
     'report_model': os.path.join(ROOT, 'config', 'train_shakespeare_char_cpu.py'),  # the report's model size
+    'format': 'text',  # or 'chat': conversations in JSONL, trained on their answers only (chat_data.py)
+    'block_size': 1024,  # --format=chat: the block_size you will train with (each example is a row of it)
+    'truncate': True,  # --format=chat: cut an example longer than block_size + 1 tokens; False: refuse it
 }
 
 
@@ -71,6 +74,17 @@ def main():
     if not os.path.isfile(config['report_model']):
         raise ValueError(f"--report_model={config['report_model']} is not a file: give a train config file, e.g. "
                          'config/train_shakespeare_char_cpu.py')
+    if config['format'] == 'chat':
+        import chat_data
+        stats = chat_data.prepare_chat(inputs, out_dir, config['tokenizer'], config['val_fraction'],
+                                       config['block_size'], config['truncate'])
+        print(f'wrote {out_dir}: {stats["train"]:,} train and {stats["val"]:,} val examples in rows of '
+              f'{config["block_size"] + 1:,} tokens, {stats["answer_tokens"]:,} of them answer tokens that count '
+              f'({stats["tokenizer"]}, vocab {stats["vocab_size"]:,}); {stats["truncated"]:,} truncated to the row, '
+              f'{stats["left_out"]:,} left out (no answer token within block_size)')
+        return
+    if config['format'] != 'text':
+        raise ValueError(f"--format={config['format']!r} is not text or chat")
     bpe_settings = None
     if config['tokenizer'] == 'bpe':
         bpe_settings = {'vocab_size': config['vocab_size'], 'sample_bytes': config['tokenizer_sample_bytes'],
