@@ -94,7 +94,7 @@ class Renderer:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        own = getattr(tokenizer, 'chat_template', None)
+        own = tokenizer.chat_template
         self.template = own or tokenizers.DEFAULT_CHAT_TEMPLATE
         self.special_tokens = {'eos_token': tokenizers.DEFAULT_EOS_TOKEN, **getattr(tokenizer, 'special_tokens', {})}
         self.bos = own is None  # a model's template writes its BOS itself; the default one: as for a document
