@@ -63,7 +63,8 @@ def conversation(line, where):
             raise ValueError(f'{where}: "messages" is {"empty" if messages == [] else type(messages).__name__}, '
                              'not a list of {"role", "content"} objects: give the conversation\'s turns')
     elif isinstance(record, dict) and 'prompt' in record and 'completion' in record:
-        messages = [{'role': 'user', 'content': record['prompt']}, {'role': 'assistant', 'content': record['completion']}]
+        messages = [{'role': 'user', 'content': record['prompt']},
+                    {'role': 'assistant', 'content': record['completion']}]
     else:
         keys = ', '.join(map(repr, record)) if isinstance(record, dict) else f'a {type(record).__name__}'
         raise ValueError(f'{where} has neither "messages" nor "prompt" and "completion" (it has {keys or "nothing"}): '
@@ -121,8 +122,9 @@ class Renderer:
             before, after = self.render(messages[:i], add_generation_prompt=True), self.render(messages[:i + 1])
             if not (after.startswith(before) and text.startswith(after)):
                 raise ValueError('the chat template does not render the conversation turn by turn (the text up to an '
-                                 'answer is not the start of the whole: it rewrites earlier turns), so its answers '
-                                 'cannot be found; give a template that renders each turn alone')
+                                 'answer, its turn opened, is not the start of the text with it: the template opens '
+                                 'the turn otherwise, or rewrites earlier turns), so its answers cannot be found; '
+                                 'give a template that renders each turn after the ones before')
             after_ids = self.encode(after)
             start, end = common_prefix(ids, self.encode(before)), common_prefix(ids, after_ids)
             end = min(len(ids), end + (end < len(after_ids)))  # a last token that holds the turn's end and more
@@ -145,8 +147,9 @@ def common_prefix(a, b):
 def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size=1024, truncate=True):
     """Write out_dir's chat dataset from the conversations of inputs (.jsonl files or folders of them): the last
     val_fraction of the conversations in val. An example longer than block_size + 1 tokens is cut there (truncate)
-    or refused; one with no answer token left is left out. Returns the counts that prepare.py prints."""
-    import corpus  # the reading of inputs, the tokenizers' meta and files
+    or refused; one with no answer token left is left out. Returns the counts that prepare.py prints:
+    train, val, truncated, left_out (examples), answer_tokens, and the tokenizer and vocab_size."""
+    import corpus  # the reading of inputs, the tokenizers' meta and files: preparing only, training needs none
     if not 0 < val_fraction < 1:
         raise ValueError(f'val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1')
     if not isinstance(block_size, int) or block_size < 1:
@@ -155,7 +158,9 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
     if tokenizer == 'bpe':
         raise ValueError('--format=chat needs an existing tokenizer: make a BPE with prepare.py --tokenizer=bpe on '
                          'text first, then give its dataset folder as --tokenizer=data/NAME')
-    files = corpus.corpus_files([inputs] if isinstance(inputs, str) else inputs)
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    source = inputs[0] if len(inputs) == 1 else f'{inputs[0]} and {len(inputs) - 1} more'
+    files = corpus.corpus_files(inputs)
     for path in files:
         if not path.endswith('.jsonl'):
             raise ValueError(f'{path} is not a .jsonl file: --format=chat reads conversations, one JSON object a line')
@@ -167,7 +172,7 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
             chars.update(tokenizers.render_template(tokenizers.DEFAULT_CHAT_TEMPLATE, messages, False,
                                                     {'eos_token': tokenizers.DEFAULT_EOS_TOKEN}, 'the chat template'))
     if n_examples < 2:
-        raise ValueError(f'{inputs} holds {n_examples} conversation(s): train and val need at least one each')
+        raise ValueError(f'{source} holds {n_examples} conversation(s): train and val need at least one each')
     if tokenizer == 'char':
         chars = sorted(chars)
         meta = {'vocab_size': len(chars), 'dtype': corpus.vocab_dtype(len(chars)), 'tokenizer': 'char',
@@ -212,7 +217,7 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
         for f in out.values():
             f.close()
         if not counts['train'] or not counts['val']:
-            raise ValueError(f'{inputs} leaves {counts["train"]} train and {counts["val"]} val examples with an answer '
+            raise ValueError(f'{source} leaves {counts["train"]} train and {counts["val"]} val examples with an answer '
                              f'within block_size={block_size}: add conversations, change --val_fraction or raise '
                              '--block_size')
         meta.update(format='chat', block_size=block_size, train_tokens=counts['train'] * row,
@@ -223,8 +228,7 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
             pickle.dump(meta, f, protocol=4)
         with contextlib.suppress(FileNotFoundError):
             os.remove(paths['train.bin'])
-    return dict(counts, tokens=(counts['train'] + counts['val']) * row, tokenizer=meta['tokenizer'],
-                vocab_size=meta['vocab_size'])
+    return dict(counts, tokenizer=meta['tokenizer'], vocab_size=meta['vocab_size'])
 
 
 # ----------------------------------------------------------------------------------------------

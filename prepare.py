@@ -7,6 +7,7 @@ Token bins from text: the machinery behind data/*/prepare.py, and the script for
     python prepare.py input.txt --name=smol --tokenizer=path/to/SmolLM2-135M     # a Hugging Face tokenizer.json
     python prepare.py input.txt --name=qwen --tokenizer=Qwen/Qwen2.5-0.5B         # a hub id: its tokenizer files
     python prepare.py data/shakespeare_char/input.txt --name=shakespeare_bpe --tokenizer=bpe --vocab_size=4096
+    python prepare.py chats.jsonl --name=chat --format=chat --block_size=1024       # conversations, for finetuning
 
 writes data/<name>/train.bin, val.bin and meta.pkl (--out_dir=DIR writes there instead). An input
 is a file, or a folder searched recursively for .txt files (each one document), .jsonl files (one
@@ -29,6 +30,12 @@ processes, so memory stays bounded; the tokens of each part of the corpus (about
 are kept in data/<name>/.prepare/ until the end, so running the same command again after an
 interruption resumes where it stopped (a trained BPE is kept there too: it is trained once). The bins are written whole under a temporary name and
 renamed at the end: an interrupted run never leaves a half-written train.bin.
+
+--format=chat reads conversations, one JSON object a line ({"messages": [{"role": ..., "content": ...}, ...]} or
+{"prompt": ..., "completion": ...}), renders each with the tokenizer's chat template (tokenizer.DEFAULT_CHAT_TEMPLATE
+where it has none) and writes one example per row of --block_size + 1 tokens with train.mask.bin and val.mask.bin,
+which mark the answers' tokens: the only ones training counts (chat_data.py; train with the same --block_size). An
+example longer than the row is truncated and counted, or with --truncate=False refused.
 """
 
 import os

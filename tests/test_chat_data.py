@@ -119,6 +119,25 @@ def test_the_mask_covers_exactly_the_assistant_tokens(words, tmp_path):
     assert (meta['format'], meta['block_size'], meta['chat_template']) == ('chat', 40, TEMPLATE)
 
 
+def test_the_answers_of_a_byte_level_chatml_tokenizer(tmp_path):
+    """With a byte-level BPE and ChatML (Qwen's, SmolLM2's), the masked tokens are each answer's text and its
+    <|im_end|>, to the character, whatever the spaces and newlines at its ends; a template that opens the
+    assistant's turn otherwise than it writes it is a one-line error."""
+    from test_tokenizers import CHATML, LLAMA_LIKE, write_tokenizer
+    tok = tokenizers.HFTokenizer(write_tokenizer(tmp_path / 'chatml', bos=False, template=CHATML))
+    answers = [' A king.  ', 'A queen.\n']
+    messages = [{'role': 'user', 'content': 'Who art thou?'}, {'role': 'assistant', 'content': answers[0]},
+                {'role': 'user', 'content': 'And she?'}, {'role': 'assistant', 'content': answers[1]}]
+    ids, mask = chat_data.Renderer(tok).example(messages)
+    assert tok.backend.decode(ids.tolist(), skip_special_tokens=False) == tok.render_chat(messages, False)
+    starts, ends = np.flatnonzero(np.diff(mask, prepend=0) == 1), np.flatnonzero(np.diff(mask, append=0) == -1) + 1
+    spans = [tok.backend.decode(ids[a:b].tolist(), skip_special_tokens=False) for a, b in zip(starts, ends)]
+    assert spans == [answer + '<|im_end|>' for answer in answers]
+    other = tokenizers.HFTokenizer(write_tokenizer(tmp_path / 'other', template=LLAMA_LIKE))
+    with pytest.raises(ValueError, match='does not render the conversation turn by turn'):
+        chat_data.Renderer(other).example(messages)
+
+
 def test_the_default_template_for_gpt2_data(tmp_path):
     """GPT-2's BPE has no chat template: DEFAULT_CHAT_TEMPLATE, and the answer's tokens are its text's and the
     <|endoftext|> that ends it (a special token, as tiktoken encodes it), exactly."""
