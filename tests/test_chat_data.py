@@ -310,16 +310,26 @@ BAD_LINES = {
 
 
 def test_each_bad_line_is_a_one_line_error_with_its_number(words, tmp_path):
-    """Each kind of bad line is one error line naming the file and the line number; nothing is written, and the
-    dataset already in the folder is unchanged."""
+    """Each kind of bad line is one error line naming the file and the line number (read here; two of them from the
+    command line, as the user sees them); nothing is written, and the dataset already in the folder is unchanged."""
     good = json.dumps({'prompt': 'say hi', 'completion': 'hello'})
+    sources = {kind: write_jsonl(tmp_path / f'{i}.jsonl', [good, '', good, line])
+               for i, (kind, (line, _)) in enumerate(BAD_LINES.items())}
+    for kind, (_, error) in BAD_LINES.items():
+        with pytest.raises(ValueError) as raised:
+            list(chat_data.read_conversations([sources[kind]]))
+        assert f'{sources[kind]} line 4' in str(raised.value) and error in str(raised.value)
+        assert '\n' not in str(raised.value)
+    (tmp_path / 'latin1.jsonl').write_bytes(good.encode() + b'\n' + '{"prompt": "café"}'.encode('latin-1') + b'\n')
+    with pytest.raises(ValueError, match='latin1.jsonl line 2 is not UTF-8 text'):
+        list(chat_data.read_conversations([str(tmp_path / 'latin1.jsonl')]))
     data = tmp_path / 'data'
     ok(run('prepare.py', write_jsonl(tmp_path / 'good.jsonl', [good] * 4), '--format=chat', f'--out_dir={data}',
            f'--tokenizer={words}', '--block_size=12'))
     before = {name: (data / name).read_bytes() for name in files_under(data)}
-    commands = [('prepare.py', write_jsonl(tmp_path / f'{i}.jsonl', [good, '', good, line]), '--format=chat',
-                 f'--out_dir={data}', f'--tokenizer={words}', '--block_size=12')
-                for i, (line, _) in enumerate(BAD_LINES.values())]
-    for (_, error), result in zip(BAD_LINES.values(), run_all(*commands)):
-        assert_one_line_error(result, 'line 4', error)
+    kinds = ('not JSON', 'no assistant turn')
+    results = run_all(*[('prepare.py', sources[kind], '--format=chat', f'--out_dir={data}', f'--tokenizer={words}',
+                         '--block_size=12') for kind in kinds])
+    for kind, result in zip(kinds, results):
+        assert_one_line_error(result, f'{sources[kind]} line 4', BAD_LINES[kind][1])
     assert {name: (data / name).read_bytes() for name in files_under(data)} == before
