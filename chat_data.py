@@ -173,14 +173,14 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
                                                     {'eos_token': tokenizers.DEFAULT_EOS_TOKEN}, 'the chat template'))
     if n_examples < 2:
         raise ValueError(f'{source} holds {n_examples} conversation(s): train and val need at least one each')
+    hf_tokenizer = tokenizers.HFTokenizer(hf_folder) if hf_folder else None
     if tokenizer == 'char':
         chars = sorted(chars)
         meta = {'vocab_size': len(chars), 'dtype': corpus.vocab_dtype(len(chars)), 'tokenizer': 'char',
                 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
     else:
-        meta = corpus.make_meta(tokenizer, [], None, tokenizers.HFTokenizer(hf_folder) if hf_folder else None)
-    tok = tokenizers.HFTokenizer(hf_folder) if hf_folder else tokenizers.Tokenizer(meta)
-    renderer = Renderer(tok)
+        meta = corpus.make_meta(tokenizer, [], None, hf_tokenizer)  # with a tokenizer.json's fingerprint
+    renderer = Renderer(hf_tokenizer or tokenizers.Tokenizer(meta))
     first_val = n_examples - max(1, round(n_examples * val_fraction))
     row = block_size + 1
     counts = {'train': 0, 'val': 0, 'truncated': 0, 'left_out': 0, 'answer_tokens': 0}
@@ -214,16 +214,12 @@ def prepare_chat(inputs, out_dir, tokenizer='gpt2', val_fraction=0.1, block_size
             out[f'{split}.mask.bin'].write(np.pad(mask, (0, row - len(mask))).tobytes())
             counts[split] += 1
             counts['answer_tokens'] += int(mask[1:].sum())
-        for f in out.values():
-            f.close()
         if not counts['train'] or not counts['val']:
             raise ValueError(f'{source} leaves {counts["train"]} train and {counts["val"]} val examples with an answer '
                              f'within block_size={block_size}: add conversations, change --val_fraction or raise '
                              '--block_size')
         meta.update(format='chat', block_size=block_size, train_tokens=counts['train'] * row,
                     val_tokens=counts['val'] * row, chat_template=renderer.template)
-        if hf_folder:
-            meta['fingerprint'] = tok.fingerprint
         with open(meta_tmp, 'wb') as f:
             pickle.dump(meta, f, protocol=4)
         with contextlib.suppress(FileNotFoundError):
