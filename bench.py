@@ -107,6 +107,9 @@ class RandomBatches:
     def eval_batch(self, split, k):
         return self.x, self.y
 
+    def answer_tokens(self, iter_num, micro_steps):  # every target counts, as in dataset.Batches
+        return None
+
 
 def spread(values):
     """Median, min and max of a list of numbers."""
@@ -186,7 +189,7 @@ def build(cfg, machine):
     if cfg['synthetic']:
         batches = RandomBatches(model.config.vocab_size, block_size, batch_size, machine.device, cfg['seed'])
     else:
-        batches = dataset.Batches(data_dir, meta, block_size, batch_size, machine.device, cfg['seed'],
+        batches = dataset.batches(data_dir, meta, block_size, batch_size, machine.device, cfg['seed'],
                                   model.config.vocab_size)
     return model, batches, data_dir
 

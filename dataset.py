@@ -97,6 +97,14 @@ def check_bins(data_dir, meta, block_size):
             raise ValueError(f'{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size}: {fix}')
 
 
+def batches(data_dir, meta, *args):
+    """The Batches of data_dir (the other arguments: Batches'); chat data's (chat_data.py) know its loss mask."""
+    if (meta or {}).get('format') == 'chat':  # prepare.py --format=chat
+        import chat_data
+        return chat_data.ChatBatches(data_dir, meta, *args)
+    return Batches(data_dir, meta, *args)
+
+
 class Batches:
     """Random windows of block_size + 1 tokens, each batch a pure function of its key (seed, iteration, micro-step
     over all processes; for evals seed, split, k): a resumed run sees an uninterrupted one's, on any world size."""
@@ -118,17 +126,22 @@ class Batches:
         rng = np.random.default_rng([self.seed, *key])
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         xy = np.stack([data[s:s + self.block_size + 1] for s in starts])
+        return self.to_device(split, np.stack([xy[:, :-1], xy[:, 1:]]).astype(np.int64))
+
+    def to_device(self, split, xy):  # xy: x and y, a (2, B, T) int64 array
         if xy.max() >= self.vocab_size:  # checked here, where it is cheap: on a GPU it would be a device assert
             raise ValueError(f'{split}.bin in {self.data_dir} holds token id {xy.max()}, but the model has only '
                              f'{self.vocab_size} (ids 0..{self.vocab_size - 1}): the bins were made with another '
                              'tokenizer than meta.pkl says; prepare the dataset again')
-        # x and y as one contiguous (2, B, T) block: one copy, and non_blocking needs contiguous pinned memory
-        xy = torch.from_numpy(np.stack([xy[:, :-1], xy[:, 1:]]).astype(np.int64))
+        xy = torch.from_numpy(xy)  # one contiguous block: one copy, and non_blocking needs contiguous pinned memory
         if self.device.startswith('cuda'):
             xy = xy.pin_memory().to(self.device, non_blocking=True)
         else:
             xy = xy.to(self.device)
         return xy[0], xy[1]  # each a contiguous (B, T)
+
+    def answer_tokens(self, iter_num, micro_steps):  # chat data counts the targets of its answers; here all count
+        return None
 
     @functools.cached_property
     def token_bytes(self):  # bits per byte's denominator: the UTF-8 bytes of each id (all 0: unknown)

@@ -102,7 +102,7 @@ def bits_per_byte(cfg, model, source, machine):
         raise ValueError(f"{data_dir} was prepared with another tokenizer ({tokenizer.name}) than "
                          f"{cfg['init_from']}'s: prepare it with the model's (prepare.py --tokenizer=...)")
     block_size = cfg['block_size'] or model.config.block_size
-    batches = dataset.Batches(data_dir, dataset.load_meta(data_dir), block_size, cfg['batch_size'], machine.device,
+    batches = dataset.batches(data_dir, dataset.load_meta(data_dir), block_size, cfg['batch_size'], machine.device,
                               cfg['seed'], model.config.vocab_size)
     model.to(machine.device)
     losses = estimate_loss(model, batches, machine, cfg['eval_iters'], splits=('val',))

@@ -7,6 +7,7 @@ Token bins from text: the machinery behind data/*/prepare.py, and the script for
     python prepare.py input.txt --name=smol --tokenizer=path/to/SmolLM2-135M     # a Hugging Face tokenizer.json
     python prepare.py input.txt --name=qwen --tokenizer=Qwen/Qwen2.5-0.5B         # a hub id: its tokenizer files
     python prepare.py data/shakespeare_char/input.txt --name=shakespeare_bpe --tokenizer=bpe --vocab_size=4096
+    python prepare.py chats.jsonl --name=chat --format=chat --block_size=1024       # conversations, for finetuning
 
 writes data/<name>/train.bin, val.bin and meta.pkl (--out_dir=DIR writes there instead). An input
 is a file, or a folder searched recursively for .txt files (each one document), .jsonl files (one
@@ -29,6 +30,12 @@ processes, so memory stays bounded; the tokens of each part of the corpus (about
 are kept in data/<name>/.prepare/ until the end, so running the same command again after an
 interruption resumes where it stopped (a trained BPE is kept there too: it is trained once). The bins are written whole under a temporary name and
 renamed at the end: an interrupted run never leaves a half-written train.bin.
+
+--format=chat reads conversations, one JSON object a line ({"messages": [{"role": ..., "content": ...}, ...]} or
+{"prompt": ..., "completion": ...}), renders each with the tokenizer's chat template (tokenizer.DEFAULT_CHAT_TEMPLATE
+where it has none) and writes one example per row of --block_size + 1 tokens with train.mask.bin and val.mask.bin,
+which mark the answers' tokens: the only ones training counts (chat_data.py; train with the same --block_size). An
+example longer than the row is truncated and counted, or with --truncate=False refused.
 """
 
 import os
@@ -51,6 +58,9 @@ DEFAULTS = {
     'special_tokens': '',  # --tokenizer=bpe: tokens of your own after <|endoftext|>, comma-separated
     'tokenizer_sample_bytes': 100_000_000,  # --tokenizer=bpe: train it on at most this much text
     'report_model': os.path.join(ROOT, 'config', 'train_shakespeare_char_cpu.py'),  # the report's model size
+    'format': 'text',  # or 'chat': conversations in JSONL, trained on their answers only (chat_data.py)
+    'block_size': 1024,  # --format=chat: the block_size you will train with (each example is a row of it)
+    'truncate': True,  # --format=chat: cut an example longer than block_size + 1 tokens; False: refuse it
 }
 
 
@@ -71,6 +81,17 @@ def main():
     if not os.path.isfile(config['report_model']):
         raise ValueError(f"--report_model={config['report_model']} is not a file: give a train config file, e.g. "
                          'config/train_shakespeare_char_cpu.py')
+    if config['format'] == 'chat':
+        import chat_data
+        stats = chat_data.prepare_chat(inputs, out_dir, config['tokenizer'], config['val_fraction'],
+                                       config['block_size'], config['truncate'])
+        print(f'wrote {out_dir}: {stats["train"]:,} train and {stats["val"]:,} val examples in rows of '
+              f'{config["block_size"] + 1:,} tokens, {stats["answer_tokens"]:,} of them answer tokens that count '
+              f'({stats["tokenizer"]}, vocab {stats["vocab_size"]:,}); {stats["truncated"]:,} truncated to the row, '
+              f'{stats["left_out"]:,} left out (no answer token within block_size)')
+        return
+    if config['format'] != 'text':
+        raise ValueError(f"--format={config['format']!r} is not text or chat")
     bpe_settings = None
     if config['tokenizer'] == 'bpe':
         bpe_settings = {'vocab_size': config['vocab_size'], 'sample_bytes': config['tokenizer_sample_bytes'],

@@ -31,6 +31,14 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_ma
                    'chat_template.jinja')
 SPECIAL_TOKENS = ('bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token')
 HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')  # owner/name
+# The chat template of a tokenizer that has none (GPT-2's and the other tiktoken encodings, characters, a BPE made
+# by prepare.py --tokenizer=bpe), for prepare.py --format=chat: each turn is <|role|>, a newline and its content, then
+# a newline; an assistant's turn ends with the end-of-text token instead, which the model learns to emit to stop:
+#     <|user|>\nHi\n<|assistant|>\nHello!<|endoftext|>
+DEFAULT_CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+                         "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+                         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+DEFAULT_EOS_TOKEN = '<|endoftext|>'  # its eos_token where the tokenizer names none: GPT-2's, as text for characters
 
 
 class Tokenizer:
@@ -137,15 +145,20 @@ class HFTokenizer:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ValueError(f'messages must be a list of dicts such as {{"role": "user", "content": "Hi"}}, '
                              f'not {type(messages).__name__}')
-        from jinja2.exceptions import SecurityError
-        try:
-            return compile_template(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
-                **self.special_tokens)
-        except Exception as e:  # a template's own error, or one the sandbox raised for what it may not do
-            raise ValueError(f'the chat template of {self.folder} failed ({one_line(e)})'
-                             + (': it tried what a template may not do' if isinstance(e, SecurityError)
-                                else ': fix the template or the messages')) from None
+        return render_template(self.chat_template, messages, add_generation_prompt, self.special_tokens,
+                               f'the chat template of {self.folder}')
+
+
+def render_template(template, messages, add_generation_prompt, special_tokens, what):
+    """A chat template's text for messages, rendered in the sandbox (compile_template) with the special tokens as
+    variables (bos_token, eos_token...); what names the template in the one-line error of a failure."""
+    from jinja2.exceptions import SecurityError
+    try:
+        return compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                 tools=None, documents=None, **special_tokens)
+    except Exception as e:  # a template's own error, or one the sandbox raised for what it may not do
+        raise ValueError(f'{what} failed ({one_line(e)})' + (': it tried what a template may not do'
+                         if isinstance(e, SecurityError) else ': fix the template or the messages')) from None
 
 
 @functools.lru_cache(maxsize=8)

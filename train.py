@@ -87,7 +87,7 @@ def train(cfg, machine):
     # the run's settings, final from here on: the model's real architecture and what the machine decided
     cfg = cfg.replace(**checkpoint.model_args(model.config, full=True), data_dir=data_dir, device=machine.device,
                       dtype=machine.dtype, compile=machine.compile, tokenizer=dataset.fingerprint(meta))
-    batches = dataset.Batches(data_dir, meta, cfg.block_size, cfg.batch_size, machine.device, cfg.seed, cfg.vocab_size)
+    batches = dataset.batches(data_dir, meta, cfg.block_size, cfg.batch_size, machine.device, cfg.seed, cfg.vocab_size)
     if not is_sharded(model):
         model.to(machine.device)
     scaler = torch.amp.GradScaler(machine.device_type, enabled=machine.dtype == 'float16')

@@ -162,6 +162,7 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
     """One optimizer step: this process's micro-steps of forward and backward, clip, step, zero_grad; returns its
     mean loss. Micro-steps are numbered over all processes: the batches do not depend on the process count."""
     micro_steps = cfg['gradient_accumulation_steps'] // machine.world_size
+    answers = batches.answer_tokens(iter_num, cfg['gradient_accumulation_steps'])  # chat data's; None: all count
     loss_sum = torch.zeros((), device=machine.device)
     for micro_step in range(micro_steps):
         x, y = batches.train_batch(iter_num, machine.rank * micro_steps + micro_step)
@@ -173,7 +174,10 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
                 model.require_backward_grad_sync = last  # DDP's no_sync
         with machine.autocast():
             _, loss = model(x, y)
-            loss = loss / micro_steps  # the gradients add up over the micro-steps: take their mean
+            if answers is None:
+                loss = loss / micro_steps  # the gradients add up over the micro-steps: take their mean
+            else:  # the mean over the answer tokens of the whole step, on all processes (whose gradients DDP averages)
+                loss = loss * ((y != -1).sum() * machine.world_size / answers)
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
     if cfg['grad_clip'] != 0.0:
@@ -213,17 +217,19 @@ def estimate_loss(model, batches, machine, eval_iters, splits=('train', 'val')):
     model.eval()
     out = {}
     for split in splits:
-        losses = torch.zeros(2, eval_iters, device=machine.device, dtype=torch.float64)  # per token: nats, bytes
+        losses = torch.zeros(3, eval_iters, device=machine.device, dtype=torch.float64)  # nats, bytes, share counted
         for k in my_share(eval_iters, machine.rank, machine.world_size, model):
             x, y = batches.eval_batch(split, min(k, eval_iters - 1))
             with machine.autocast():
                 _, loss = model(x, y)
             if k < eval_iters:
-                losses[:, k] = torch.stack((loss.double(), batches.token_bytes[y].mean()))
+                counted = (y != -1).double()  # 1 but for the prompts and padding of chat data (chat_data.py)
+                losses[:, k] = torch.stack((loss.double() * counted.mean(), (batches.token_bytes[y] * counted).mean(),
+                                            counted.mean()))
         if machine.world_size > 1:
             dist.all_reduce(losses)  # each entry is set by one process, 0 on the others: the sum is exact
-        out[split] = losses[0].sum().item() / eval_iters
-        if losses[1].sum() > 0:  # bits per byte: the nats of all targets over ln 2 x their UTF-8 bytes (equal batches)
+        out[split] = losses[0].sum().item() / losses[2].sum().item()  # the mean over the targets that count
+        if losses[1].sum() > 0:  # bits per byte: the nats of the targets over ln 2 x their UTF-8 bytes
             out[f'{split}_bpb'] = (losses[0].sum() / losses[1].sum()).item() / math.log(2)
     model.train()
     return out
