@@ -148,7 +148,7 @@ def build(config, cfg, source, machine):
     LoRA checkpoint), the base is the one recorded and the adapters are the checkpoint's."""
     import checkpoint
     from model import GPT
-    recorded = (source.ckpt or {}).get('lora')
+    recorded = checked_record(source) if 'lora' in (source.ckpt or {}) else None
     if recorded is None and source.ckpt is not None:
         raise ValueError(f'{source.path} is a full model, not a LoRA run: to train adapters on it, export it '
                          '(python export.py) and give that folder as --init_from, with another --out_dir')
@@ -184,11 +184,25 @@ def build(config, cfg, source, machine):
     return model
 
 
+def checked_record(source):
+    """A LoRA checkpoint's `lora` entry, checked to hold the settings and the base's identity."""
+    recorded = source.ckpt['lora']
+    base = recorded.get('base') if isinstance(recorded, dict) else None
+    identity = dict(init_from=str, seed=int, fingerprint=str)
+    settings = dict(lora_rank=int, lora_alpha=(int, float), lora_dropout=(int, float), lora_targets=str,
+                    lora_base_dtype=str)
+    if not isinstance(base, dict) or any(not isinstance(base.get(k), t) for k, t in identity.items()) or \
+            any(not isinstance(recorded.get(k), t) for k, t in settings.items()) or recorded['lora_rank'] < 1:
+        raise ValueError(f'checkpoint {source.path} has a damaged LoRA record (its settings and base): restore it, '
+                         'or train again')
+    return recorded
+
+
 def load_base(model, source):
     """The base recorded in a LoRA checkpoint into model, checked against its fingerprint."""
     import checkpoint
     from model import GPT, GPTConfig
-    base = source.ckpt['lora']['base']
+    base = checked_record(source)['base']
     if base['init_from'] == 'scratch':  # a new model of the run's seed, drawn again (without touching the global RNG)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(base['seed'])
@@ -205,8 +219,9 @@ def load_base(model, source):
 def load_adapters(model, source):
     adapters = source.ckpt['model']
     expected = adapter_state(model)
-    wrong = sorted(set(adapters) ^ set(expected)) + sorted(
-        k for k in set(adapters) & set(expected) if adapters[k].shape != expected[k].shape)
+    misshapen = [k for k in set(adapters) & set(expected)
+                 if not isinstance(adapters[k], torch.Tensor) or adapters[k].shape != expected[k].shape]
+    wrong = sorted(set(adapters) ^ set(expected)) + sorted(misshapen)
     if wrong:
         raise ValueError(f"the adapters in {source.path} do not match its LoRA settings ({', '.join(wrong[:4])}): "
                          'the file was edited or written by another program')
@@ -216,7 +231,7 @@ def load_adapters(model, source):
 def merged_model(model, source):
     """checkpoint.load_model's model of a LoRA checkpoint: its base, with the adapters added in float32 and merged."""
     load_base(model, source)
-    recorded = source.ckpt['lora']
+    recorded = checked_record(source)
     with torch.random.fork_rng(devices=[]):  # the A's drawn here are replaced by the checkpoint's
         add_adapters(model, recorded['lora_rank'], recorded['lora_alpha'], 0.0, targets_of(recorded))
     load_adapters(model, source)

@@ -227,3 +227,10 @@ def test_bad_settings_are_one_line_each(runs, base, char_data, tmp_path):
         with pytest.raises(ValueError, match=message):
             checkpoint.init_model(cfg, meta, machine)
     assert checkpoint.load(runs['one'] / 'ckpt.pt')['iter_num'] == 6
+    for damage in (lambda ckpt: ckpt['lora'].pop('base'), lambda ckpt: ckpt['lora'].update(lora_rank='2')):
+        damaged = copy_checkpoint(runs['one'], tmp_path / 'damaged', damage)
+        with pytest.raises(ValueError, match='has a damaged LoRA record'):
+            checkpoint.load_model('resume', damaged)
+    damaged = copy_checkpoint(runs['one'], tmp_path / 'damaged', lambda ckpt: ckpt['model'].popitem())
+    with pytest.raises(ValueError, match='the adapters in .* do not match its LoRA settings'):
+        checkpoint.load_model('resume', damaged)
