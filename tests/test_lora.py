@@ -17,7 +17,8 @@ import hf
 import lora
 import machine as machines
 from configurator import configure
-from helpers import assert_one_line_error, copy_checkpoint, read_metrics, run, run_all, start, without_timings
+from helpers import (assert_one_line_error, copy_checkpoint, finish, read_metrics, run, run_all, start,
+                     without_timings)
 from model import GPT, GPTConfig
 from training import DEFAULTS, TYPES_OF_NONE, setting_problems
 
@@ -178,11 +179,11 @@ def test_another_base_is_one_line(runs, base, char_data, tmp_path):
 
 
 def test_sigkilled_lora_run_resumes_bitwise(char_data, tmp_path):
-    """A LoRA run on a new (scratch) base with adapter dropout, SIGKILLed after its first save and resumed with
+    """A LoRA run on a new (scratch) base held in bf16 (bf16 autocast), with adapter dropout, SIGKILLed after its first save and resumed with
     --init_from=resume (base drawn again from the recorded seed, checked by its fingerprint), logs the uninterrupted
     run's losses bit for bit and ends with the same adapters and optimizer state."""
     argv = [*lora_run(char_data, '', '--init_from=scratch', '--n_layer=2', '--n_head=2', '--n_embd=32',
-                      '--lora_dropout=0.1', '--dropout=0.1', '--max_iters=30', '--eval_interval=5',
+                      '--lora_dropout=0.1', '--dropout=0.1', '--max_iters=30', '--eval_interval=5', '--dtype=bfloat16',
                       '--gradient_accumulation_steps=2')]
     argv.remove('--out_dir=')
     whole, killed = tmp_path / 'whole', tmp_path / 'killed'
@@ -197,7 +198,9 @@ def test_sigkilled_lora_run_resumes_bitwise(char_data, tmp_path):
     assert checkpoint.load(killed / 'ckpt.pt')['iter_num'] < 30
     resumed = run('train.py', *argv, f'--out_dir={killed}', '--init_from=resume')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert uninterrupted.wait() == 0
+    whole_result = finish(uninterrupted)
+    assert whole_result.returncode == 0, whole_result.stderr[-3000:]
+    assert 'the base is frozen in bfloat16' in whole_result.stdout  # lora_base_dtype='auto' under bf16 autocast
     assert without_timings(read_metrics(killed)) == without_timings(read_metrics(whole))
     a, b = checkpoint.load(whole / 'ckpt.pt'), checkpoint.load(killed / 'ckpt.pt')
     assert a['model'].keys() == b['model'].keys() and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
