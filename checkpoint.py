@@ -91,6 +91,9 @@ def init_model(cfg, meta, machine):
     """(model, checkpoint or None) for cfg.init_from, built once: on this process, or sharded (parallel.build)."""
     source = open_source(cfg['init_from'], cfg['out_dir'])
     config = architecture(cfg, meta, source)
+    if cfg['lora_rank'] or 'lora' in (source.ckpt or {}):
+        import lora  # a LoRA run: the base frozen, adapters to train (resumed: the recorded base, the checkpoint's)
+        return lora.build(config, cfg, source, machine), source.ckpt
     if cfg['parallel'] == 'fsdp':
         import parallel
         return parallel.build(config, source, machine, cfg['cpu_offload']), source.ckpt
@@ -110,6 +113,9 @@ def load_model(init_from, out_dir='out'):
                          'or a Hugging Face folder')
     with torch.device('cpu' if 'sharded' in (source.ckpt or {}) else 'meta'):  # meta: weights taken as stored
         model = GPT(GPTConfig(**source.model_args))
+    if 'lora' in (source.ckpt or {}):
+        import lora  # a LoRA run's checkpoint: its recorded base with the adapters merged in, one ordinary GPT
+        return lora.merged_model(model, source), source
     load_weights(model, source)
     return model, source
 

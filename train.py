@@ -188,6 +188,9 @@ def save(raw_model, optimizer, scaler, cfg, machine, iter_num, best_val_loss, va
         'config': dict(cfg), 'rng': checkpoint.all_rng_states(machine.world_size), 'scaler': scaler.state_dict(),
         'val_loss': val_loss,
     }
+    if cfg.lora_rank:
+        import lora  # the adapters and the base's identity, not the base
+        state.update(lora.checkpoint_entries(raw_model))
     if is_sharded(raw_model):
         import sharded_checkpoint
         sharded_checkpoint.save(raw_model, optimizer, state, cfg.out_dir, machine)

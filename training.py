@@ -59,6 +59,9 @@ DEFAULTS = dict(
     parallel='ddp',  # 'ddp': each process holds the whole model; 'fsdp': each holds a shard (FSDP2, needs torchrun)
     activation_checkpointing=False,  # recompute each block in backward: far less activation memory, ~1/3 more compute
     cpu_offload=False,  # fsdp: keep parameters, gradients and optimizer state in host memory (slow; fits big models)
+    # LoRA (lora.py): only adapters of rank lora_rank (0: off) on lora_targets train, and are saved; the base is frozen
+    lora_rank=0, lora_alpha=16.0, lora_dropout=0.0, lora_targets='attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj',
+    lora_base_dtype='auto',  # the frozen base's dtype; 'auto': the autocast dtype (bfloat16, float16), else float32
     # system: decided once, by machine.setup, from what this machine has
     backend='auto',  # 'nccl' on CUDA, 'gloo' on CPU
     device='auto',  # cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -94,6 +97,9 @@ def setting_problems(cfg, keys=None):
         out.append(f"optimizer='muon' needs muon_lr >= 0, muon_weight_decay >= 0 and learning_rate > 0 (the "
                    f"schedule scales muon_lr by lr / learning_rate), not {cfg['muon_lr']}, "
                    f"{cfg['muon_weight_decay']} and {cfg['learning_rate']}")
+    if 'lora_rank' in keys and cfg['lora_rank']:
+        import lora  # LoRA runs only
+        out += lora.setting_problems(cfg)
     return out
 
 
