@@ -34,6 +34,7 @@ def test_every_check_runs_on_the_cpu_and_reports(tmp_path):
     assert proc.returncode == 0
     assert checks['resume']['max_loss_difference'] == 0  # bitwise on one CPU process
     assert checks['generate']['cache_equals_recompute'] is True
+    assert checks['sample_compile']['graph_breaks'] == 0 and checks['sample_compile']['recompiles'] <= 3
     assert checks['train_bf16']['tokens_per_s'] > 0 and checks['train_bf16']['peak_resident_gb'] > 0
     assert checks['train_bf16']['sizing_gb'] > 0
     assert checks['bench_gpt2']['mfu'] > 0

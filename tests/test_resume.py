@@ -2,6 +2,7 @@
 each moment of a run, under torchrun, into folders that hold other runs."""
 import glob
 import os
+import shutil
 import signal
 
 import pytest
@@ -133,23 +134,34 @@ def test_the_eval_does_not_depend_on_the_number_of_processes(char_data, tmp_path
     assert (one['train_loss'], one['val_loss']) == (two['train_loss'], two['val_loss'])
 
 
-def test_a_new_run_never_replaces_an_existing_one(char_data, tmp_path):
-    argv = [*TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=5', '--max_iters=5']
-    train(*argv)
-    before = (tmp_path / 'ckpt.pt').read_bytes(), (tmp_path / 'metrics.jsonl').read_text()
+@pytest.fixture(scope='module')
+def five_iterations(char_data, tmp_path_factory):
+    """(train.py's arguments, less out_dir; a finished run of 5 iterations with them) for the tests that go on
+    from it (read only: a test copies it)."""
+    argv = [*TINY, f'--data_dir={char_data}', '--eval_interval=5', '--max_iters=5']
+    out_dir = tmp_path_factory.mktemp('five')
+    train(*argv, f'--out_dir={out_dir}')
+    return argv, out_dir
+
+
+def test_a_new_run_never_replaces_an_existing_one(five_iterations, tmp_path):
+    argv, trained = five_iterations
+    out_dir = shutil.copytree(trained, tmp_path / 'run')
+    argv = [*argv, f'--out_dir={out_dir}']
+    before = (out_dir / 'ckpt.pt').read_bytes(), (out_dir / 'metrics.jsonl').read_text()
     assert_one_line_error(run('train.py', *argv), '--init_from=resume', '--overwrite=True')
-    assert ((tmp_path / 'ckpt.pt').read_bytes(), (tmp_path / 'metrics.jsonl').read_text()) == before
+    assert ((out_dir / 'ckpt.pt').read_bytes(), (out_dir / 'metrics.jsonl').read_text()) == before
     train(*argv, '--overwrite=True', '--seed=7')  # asked for: a new run, and a new log
-    assert [r['iter'] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5, 5]
+    assert [r['iter'] for r in read_metrics(out_dir)] == [0, 1, 2, 3, 4, 5, 5]
 
 
-def test_a_diverging_run_logs_valid_json(char_data, tmp_path):
-    argv = [*TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=5']
-    train(*argv, '--max_iters=5')
-    result = run('train.py', *argv, '--init_from=resume', '--max_iters=10', '--learning_rate=1e38', '--grad_clip=0',
-                 '--warmup_iters=0', '--decay_lr=False', '--eval_interval=1')
+def test_a_diverging_run_logs_valid_json(five_iterations, tmp_path):
+    argv, trained = five_iterations
+    out_dir = shutil.copytree(trained, tmp_path / 'run')
+    result = run('train.py', *argv, f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=10',
+                 '--learning_rate=1e38', '--grad_clip=0', '--warmup_iters=0', '--decay_lr=False', '--eval_interval=1')
     assert_one_line_error(result, 'NaN or infinite')
-    records = read_metrics(tmp_path)  # strict JSON: a NaN loss is written as null
+    records = read_metrics(out_dir)  # strict JSON: a NaN loss is written as null
     assert any(r.get('val_loss', 0) is None for r in records)
 
 
