@@ -399,16 +399,21 @@ def generate(run, c):
 
 
 def sample_compile(run, c):
-    """sample.py --compile=True, counting Dynamo's recompilations and graph breaks in its logs."""
-    out_dir = run.base_run(c)
-    _, err = c.sh([PY, 'sample.py', f'--out_dir={out_dir}', '--num_samples=2', f'--max_new_tokens={run.size["new_tokens"] * 2}',
-                   '--compile=True', f'--device={run.device}'], env={'TORCH_LOGS': 'recompiles,graph_breaks'})
+    """sample.py --compile=True past the context (inductor, also on the CPU: CI's test of the command), counting
+    Dynamo's recompilations and graph breaks in its logs."""
+    out_dir, n = run.base_run(c), run.size['new_tokens'] * 2
+    out, err = c.sh([PY, 'sample.py', f'--out_dir={out_dir}', '--num_samples=2', f'--max_new_tokens={n}',
+                     '--start=The ', '--compile=True', f'--device={run.device}'],
+                    env={'TORCH_LOGS': 'recompiles,graph_breaks'})
     recompiles, breaks = err.count('Recompiling function'), len(re.findall(r'Graph break', err))
     c.figures.update(recompiles=recompiles, graph_breaks=breaks)
     # at most 4 graphs whatever the length: the prefill, the first new token, the next ones (position dynamic) and
     # the refill of a full cache (tests/test_compile.py); more is a recompilation per token
     if recompiles > 3 or breaks:
         raise RuntimeError(f'{recompiles} recompilations, {breaks} graph breaks (log.txt has them)')
+    first = out.split('\n---------------')[0]
+    if len(first) < len('The ') + n:  # a char model: a token is a character
+        raise RuntimeError(f'the first sample has {len(first)} characters, not the prompt and {n} tokens')
     return f'compiled generation: {recompiles + 1} graphs, no graph break'
 
 

@@ -98,40 +98,53 @@ def wait_for(path, process, lines=1):
     raise TimeoutError(path)
 
 
+@pytest.fixture(scope='module')
+def unbroken(tmp_path_factory):
+    """unbroken(processes): (data, the metrics and weights of a 300-iteration run unbroken, on that many processes
+    or a plain one), each run once for the tests that break it."""
+    tmp = tmp_path_factory.mktemp('unbroken')
+    data, runs = text_folder(tmp / 'data'), {}
+
+    def get(processes):
+        if processes not in runs:
+            out_dir = tmp / f'whole{processes}'
+            ok(run('train.py', *args(data, out_dir, 300, 100), processes=processes))
+            runs[processes] = computed(out_dir), checkpoint.load(out_dir / 'ckpt.pt')['model']
+        return (data, *runs[processes])
+    return get
+
+
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_and_the_run_ends_as_the_unbroken_one(tmp_path):
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_the_unbroken_one(unbroken, tmp_path):
     """SIGKILL to one of 2 workers under --max-restarts=1: torchrun starts the group again, init_from='auto' resumes
-    the last checkpoint, and the run logs the losses of the unbroken run, bit for bit."""
-    data = text_folder(tmp_path / 'data')
-    argv = args(data, tmp_path / 'whole', 200, 20)
-    ok(run('train.py', *argv, processes=2))
+    the last checkpoint (a time-based one), and the run logs the losses of the unbroken run, bit for bit."""
+    data, whole, _ = unbroken(2)
     killed = tmp_path / 'killed'
     agent = subprocess.Popen(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--max-restarts=1',
-         '--nproc_per_node=2', os.path.join(ROOT, 'train.py'), *args(data, killed, 200, 20)],
+         '--nproc_per_node=2', os.path.join(ROOT, 'train.py'),
+         *args(data, killed, 300, 100, '--checkpoint_interval_minutes=0.0002')],
         env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
-        wait_for(killed / 'metrics.jsonl', agent, lines=25)  # past the first checkpoint, at 20
+        wait_for(killed / 'metrics.jsonl', agent, lines=25)  # past the first checkpoints
         os.kill(worker(agent, 1), signal.SIGKILL)
         result = ok(finish(agent))
     finally:
         kill_tree(agent)
     restarted_at = [int(line.split('from iteration ')[1].split()[0]) for line in result.stdout.splitlines()
                     if 'from iteration' in line]
-    assert restarted_at[0] == 0 and 20 <= restarted_at[1] < 200, result.stdout[-2000:]
-    assert computed(killed) == computed(tmp_path / 'whole')
+    assert restarted_at[0] == 0 and 0 < restarted_at[1] < 300, result.stdout[-2000:]
+    assert computed(killed) == whole
 
 
 @pytest.mark.parametrize('processes,sig', [(None, signal.SIGUSR1),
                                            pytest.param(2, signal.SIGTERM, marks=pytest.mark.slow)])
-def test_a_stop_signal_saves_at_the_step_and_the_run_resumes_exactly(tmp_path, processes, sig):
+def test_a_stop_signal_saves_at_the_step_and_the_run_resumes_exactly(unbroken, tmp_path, processes, sig):
     """SIGUSR1 (SLURM's warning) to one process, SIGTERM to torchrun (which passes it to its 2 workers): the run
     saves where it is, between evaluations and time-based checkpoints (every few ms here), exits with 75 and says so;
     the same command then ends as the unbroken run, bit for bit, with the same weights."""
-    data = text_folder(tmp_path / 'data')
-    argv = args(data, tmp_path / 'whole', 300, 100)
-    ok(run('train.py', *argv, processes=processes))
+    data, whole, weights = unbroken(processes)
     stopped = tmp_path / 'stopped'
     argv = args(data, stopped, 300, 100, '--checkpoint_interval_minutes=0.0002')
     process = start('train.py', *argv, processes=processes)
@@ -144,9 +157,9 @@ def test_a_stop_signal_saves_at_the_step_and_the_run_resumes_exactly(tmp_path, p
     stopped_at = checkpoint.load(checkpoint.find_checkpoint(stopped))['iter_num']
     assert 30 <= stopped_at < 300 and stopped_at % 100
     ok(run('train.py', *argv, processes=processes))
-    assert computed(stopped) == computed(tmp_path / 'whole')
-    a, b = (checkpoint.load(d / 'ckpt.pt')['model'] for d in (tmp_path / 'whole', stopped))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert computed(stopped) == whole
+    stopped_weights = checkpoint.load(stopped / 'ckpt.pt')['model']
+    assert all(torch.equal(weights[k], stopped_weights[k]) for k in weights)
 
 
 def test_the_slurm_script_launches_torchrun_on_every_node_and_requeues_a_preempted_job(tmp_path):

@@ -9,16 +9,23 @@ loss.png is not redrawn empty when metrics.jsonl is moved away during a run.
 import json
 import os
 
+import pytest
 import torch
 
 from helpers import (RUN, TINY, assert_one_line_error, copy_checkpoint, copy_folder, read_metrics, readers_of_hf, run,
                      run_all)
 
 
-def test_damaged_checkpoints(char_data, tmp_path):
-    trained = tmp_path / 'trained'
-    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={trained}', *TINY)
+@pytest.fixture(scope='module')
+def trained(char_data, tmp_path_factory):
+    """A finished TINY run of char_data (read only: a test copies it to change it)."""
+    out = tmp_path_factory.mktemp('trained')
+    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *TINY)
     assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_damaged_checkpoints(char_data, trained, tmp_path):
     shared = copy_checkpoint(trained, tmp_path / 'shared', lambda c: c.pop('optimizer'))
     no_config = copy_checkpoint(trained, tmp_path / 'no_config', lambda c: c.update(config=None))
     rng = copy_checkpoint(trained, tmp_path / 'rng',
@@ -35,12 +42,11 @@ def test_damaged_checkpoints(char_data, tmp_path):
     assert_one_line_error(results[3], f'{iter_str}/ckpt.pt is damaged or foreign', "iter_num='10'")
 
 
-def test_foreign_metrics_lines_are_skipped(char_data, tmp_path):
+def test_foreign_metrics_lines_are_skipped(char_data, trained, tmp_path):
     """A note, a string iter and NaN (written by an older version) in metrics.jsonl: resume and plot.py go on,
     skipping the foreign lines with a count; the NaN reads as null and is written back as strict JSON."""
     out = tmp_path / 'out'
-    result = run('train.py', f'--data_dir={char_data}', f'--out_dir={out}', *TINY)
-    assert result.returncode == 0, result.stderr
+    copy_folder(trained, out)
     with open(out / 'metrics.jsonl', 'a') as f:
         f.write('my note: lr looked too high\n{"iter": "2", "loss": 1.0}\n{"iter": 3, "loss": NaN}\n')
     plotted = copy_folder(out, tmp_path / 'plotted')  # resume rewrites metrics.jsonl: plot.py reads its own copy

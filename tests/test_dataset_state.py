@@ -32,13 +32,21 @@ def train(data_dir, out_dir):
                '--eval_iters=2', '--max_iters=2')
 
 
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    """A folder prepare.py made of make_text(20_000, seed=1) (read only: a test copies it to change it)."""
+    tmp = tmp_path_factory.mktemp('prepared')
+    (tmp / 'old.txt').write_text(make_text(20_000, seed=1))
+    prepare(str(tmp / 'old.txt'), tmp / 'data')
+    return tmp / 'data'
+
+
 @pytest.mark.parametrize('killed_after', ['meta.pkl', 'val.bin'])
-def test_a_preparation_killed_between_its_renames_is_never_read(tmp_path, killed_after):
-    old, new = tmp_path / 'old.txt', tmp_path / 'new.txt'
-    old.write_text(make_text(20_000, seed=1))
+def test_a_preparation_killed_between_its_renames_is_never_read(prepared, tmp_path, killed_after):
+    new = tmp_path / 'new.txt'
     new.write_text(make_text(30_000, seed=2).upper())  # another vocabulary, other sizes
     data = tmp_path / 'data'
-    prepare(str(old), data)
+    shutil.copytree(prepared, data)
     script = DIES_AFTER_RENAMING.format(root=ROOT, name=killed_after, corpus=str(new), out_dir=str(data))
     assert run('-c', script).returncode == -signal.SIGKILL
     assert not (data / 'train.bin').exists()  # the old set's train.bin went first
@@ -49,11 +57,10 @@ def test_a_preparation_killed_between_its_renames_is_never_read(tmp_path, killed
     assert train(data, tmp_path / 'out').returncode == 0
 
 
-def test_bins_of_another_preparation_are_refused(tmp_path):
+def test_bins_of_another_preparation_are_refused(prepared, tmp_path):
     """Bins copied in beside a meta.pkl they do not belong to: the token counts in meta.pkl tell."""
-    (tmp_path / 'a.txt').write_text(make_text(20_000, seed=1))
     (tmp_path / 'b.txt').write_text(make_text(30_000, seed=1))
-    prepare(str(tmp_path / 'a.txt'), tmp_path / 'a')
+    shutil.copytree(prepared, tmp_path / 'a')
     prepare(str(tmp_path / 'b.txt'), tmp_path / 'b')
     shutil.copy(tmp_path / 'b' / 'train.bin', tmp_path / 'a' / 'train.bin')
     result = train(tmp_path / 'a', tmp_path / 'out')

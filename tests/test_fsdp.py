@@ -28,6 +28,20 @@ def train(data, out_dir, *extra, processes=None):
     return result.stdout
 
 
+@pytest.fixture(scope='module')
+def trained(char_data, tmp_path_factory):
+    """trained(*extra, processes=None): the out_dir of a finished run with these options, trained once for the
+    tests that read the same run (read only: a test that trains on copies it first)."""
+    runs = {}
+
+    def get(*extra, processes=None):
+        if (extra, processes) not in runs:
+            out_dir = tmp_path_factory.mktemp('run')
+            runs[extra, processes] = out_dir, train(char_data, out_dir, *extra, processes=processes)
+        return runs[extra, processes]
+    return get
+
+
 def losses(out_dir, key='loss'):
     """{iteration: value} of metrics.jsonl: the training losses, or (key='val_loss') the evaluations."""
     return {r['iter']: r[key] for r in read_metrics(out_dir) if key in r}
@@ -40,42 +54,39 @@ def assert_close(ours, reference, rel=1e-5):
 
 
 @pytest.mark.parametrize('extra', [[], ['--activation_checkpointing=True'], ['--optimizer=muon']])
-def test_two_fsdp_processes_train_as_one_process(char_data, tmp_path, extra):
+def test_two_fsdp_processes_train_as_one_process(trained, extra):
     """The same global batch on 2 sharded processes or 1 plain one: the same initial weights (each process draws
     its shards' part of the same values), the same losses within fp32 rounding; activation checkpointing
     changes nothing either, and Muon orthogonalizes the whole matrices of sharded parameters."""
-    train(char_data, tmp_path / 'one', *extra)
-    out = train(char_data, tmp_path / 'fsdp', '--parallel=fsdp', *extra, processes=2)
+    one, _ = trained(*extra)
+    fsdp, out = trained('--parallel=fsdp', *extra, processes=2)
     assert out.count('world size 2 (fsdp)') == 1  # one process prints
-    assert losses(tmp_path / 'fsdp', 'val_loss')[0] == losses(tmp_path / 'one', 'val_loss')[0]
-    assert_close(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'))
-    assert_close(losses(tmp_path / 'fsdp', 'val_loss'), losses(tmp_path / 'one', 'val_loss'))
-    assert sorted(os.listdir(tmp_path / 'fsdp' / 'ckpt.dcp')) == ['iter_0000006', 'latest']
+    assert losses(fsdp, 'val_loss')[0] == losses(one, 'val_loss')[0]
+    assert_close(losses(fsdp), losses(one))
+    assert_close(losses(fsdp, 'val_loss'), losses(one, 'val_loss'))
+    assert sorted(os.listdir(fsdp / 'ckpt.dcp')) == ['iter_0000006', 'latest']
 
 
-def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parallelism(char_data, tmp_path):
+def test_sharded_checkpoint_resumes_on_any_number_of_processes_and_either_parallelism(char_data, trained, tmp_path):
     """FSDP on 2 processes, resumed by FSDP on 2 (bitwise the uninterrupted run), and along a chain FSDP 2 -> FSDP
     4 -> DDP on 1 (torchrun) -> a plain process, each leg continuing the same losses within fp32 rounding."""
-    train(char_data, tmp_path / 'whole', '--parallel=fsdp', '--max_iters=8', processes=2)
-    whole = losses(tmp_path / 'whole')
-
-    out_dir = tmp_path / 'run'
-    train(char_data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
-    snapshot = tmp_path / 'at3'
-    shutil.copytree(out_dir, snapshot)
-    train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=8', processes=2)
+    whole = losses(trained('--parallel=fsdp', processes=2)[0])  # 6 iterations
+    at3 = trained('--parallel=fsdp', '--max_iters=3', processes=2)[0]
+    out_dir = shutil.copytree(at3, tmp_path / 'run')
+    train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', '--max_iters=6', processes=2)
     assert losses(out_dir) == whole  # same processes: bitwise
 
-    for max_iters, extra, processes in [(5, ['--parallel=fsdp'], 4), (6, [], 1), (8, [], None)]:
+    snapshot = shutil.copytree(at3, tmp_path / 'at3')
+    for max_iters, extra, processes in [(4, ['--parallel=fsdp'], 4), (5, [], 1), (6, [], None)]:
         out = train(char_data, snapshot, '--init_from=resume', f'--max_iters={max_iters}', *extra, processes=processes)
         assert 'saved checkpoint' in out
     assert_close(losses(snapshot), whole)
     assert sorted(os.listdir(snapshot)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']  # ckpt.dcp was superseded
 
     # and back: a plain process's ckpt.pt resumed sharded
-    train(char_data, snapshot, '--init_from=resume', '--max_iters=9', '--parallel=fsdp', processes=2)
+    train(char_data, snapshot, '--init_from=resume', '--max_iters=7', '--parallel=fsdp', processes=2)
     assert sorted(os.listdir(snapshot)) == ['ckpt.dcp', 'loss.png', 'metrics.jsonl']
-    assert checkpoint.load(checkpoint.require_checkpoint(str(snapshot)))['iter_num'] == 9
+    assert checkpoint.load(checkpoint.require_checkpoint(str(snapshot)))['iter_num'] == 7
 
 
 def test_pretrained_weights_load_into_shards(char_data, tmp_path):
@@ -93,23 +104,24 @@ def test_pretrained_weights_load_into_shards(char_data, tmp_path):
     assert_close(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'))
 
 
-def test_muon_state_goes_from_shards_to_one_process_and_back(char_data, tmp_path):
+def test_muon_state_goes_from_shards_to_one_process_and_back(char_data, trained, tmp_path):
     """Muon's momentum and AdamW's moments, saved as shards and resumed by a plain process, and saved whole and
     resumed sharded: the losses of an uninterrupted run within fp32 rounding."""
+    whole = losses(trained('--optimizer=muon')[0])  # muon_lr 0.02, the default
     muon = ['--optimizer=muon', '--muon_lr=0.02']
-    train(char_data, tmp_path / 'whole', *muon)
     train(char_data, tmp_path / 'a', *muon, '--parallel=fsdp', '--max_iters=3', processes=2)
     train(char_data, tmp_path / 'a', *muon, '--init_from=resume')
-    assert_close(losses(tmp_path / 'a'), losses(tmp_path / 'whole'))
+    assert_close(losses(tmp_path / 'a'), whole)
     train(char_data, tmp_path / 'b', *muon, '--max_iters=3')
     train(char_data, tmp_path / 'b', *muon, '--parallel=fsdp', '--init_from=resume', processes=2)
-    assert_close(losses(tmp_path / 'b'), losses(tmp_path / 'whole'))
+    assert_close(losses(tmp_path / 'b'), whole)
 
 
 @pytest.mark.slow
 def test_killed_sharded_saves_never_cost_the_previous_checkpoint(char_data, tmp_path):
     """A 2-process FSDP run saving at every iteration, killed (SIGKILL to torchrun and its workers) at random
-    moments, saves included: each time out_dir holds a complete checkpoint that loads, and resuming goes on."""
+    moments of an iteration (its step, eval and save): each time out_dir holds a complete checkpoint that loads,
+    and resuming goes on."""
     out_dir = tmp_path / 'run'
     train(char_data, out_dir, '--parallel=fsdp', '--max_iters=1', '--eval_interval=1', processes=2)
     rng = random.Random(0)
@@ -118,17 +130,39 @@ def test_killed_sharded_saves_never_cost_the_previous_checkpoint(char_data, tmp_
                                            '--max_iters=100000', '--eval_interval=1', '--lr_decay_iters=100000'),
                      processes=2, capture=False)
         before = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
-        time.sleep(rng.uniform(6, 12))  # past the start-up (~4 s), into the saves of every iteration
+        # past the start-up, into the saves of every iteration: the time of one iteration here, then a random
+        # part of the next one
+        first = wait_for_save(out_dir, before, proc)
+        t0 = time.monotonic()
+        wait_for_save(out_dir, first, proc)
+        time.sleep(rng.uniform(0, time.monotonic() - t0))
         kill_tree(proc.pid)
         proc.wait()
         ckpt = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))
-        assert ckpt['iter_num'] >= before
+        assert ckpt['iter_num'] > before
         model = checkpoint.load_model('resume', str(out_dir))[0]  # every shard of the named checkpoint is there
         assert all(torch.isfinite(p).all() for p in model.parameters())
     iter_num = checkpoint.load(checkpoint.require_checkpoint(str(out_dir)))['iter_num']
     train(char_data, out_dir, '--parallel=fsdp', '--init_from=resume', f'--max_iters={iter_num + 1}',
           '--eval_interval=1', processes=2)
     assert sorted(os.listdir(out_dir / 'ckpt.dcp')) == [f'iter_{iter_num + 1:07d}', 'latest']  # no leftovers
+
+
+def wait_for_save(out_dir, after, process):
+    """Until ckpt.dcp/latest names an iteration past `after` (the run saved again): that iteration. Fails if the
+    process ended first."""
+    latest = out_dir / 'ckpt.dcp' / 'latest'
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, 'the run ended first'
+        try:
+            iter_num = int(latest.read_text().strip().removeprefix('iter_'))
+        except (OSError, ValueError):  # not written yet
+            iter_num = -1
+        if iter_num > after:
+            return iter_num
+        time.sleep(0.01)
+    raise TimeoutError(latest)
 
 
 def kill_tree(pid):
@@ -157,11 +191,10 @@ def kill_tree(pid):
             pass
 
 
-def test_a_save_cut_short_is_ignored_and_replaced(char_data, tmp_path):
+def test_a_save_cut_short_is_ignored_and_replaced(char_data, trained, tmp_path):
     """What a kill leaves behind: the shards of a newer iteration without `latest` pointing at them, and (a run
     that changed parallelism) a complete ckpt.pt beside ckpt.dcp. The later complete checkpoint wins."""
-    out_dir = tmp_path / 'run'
-    train(char_data, out_dir, '--parallel=fsdp', '--max_iters=3', processes=2)
+    out_dir = shutil.copytree(trained('--parallel=fsdp', '--max_iters=3', processes=2)[0], tmp_path / 'run')
     partial = out_dir / 'ckpt.dcp' / 'iter_0000006'
     os.makedirs(partial)
     (partial / '__0_0.distcp').write_bytes(b'half a shard')
@@ -176,20 +209,18 @@ def test_a_save_cut_short_is_ignored_and_replaced(char_data, tmp_path):
     assert checkpoint.require_checkpoint(str(out_dir)) == str(out_dir / 'ckpt.dcp')
 
 
-def test_sample_and_export_read_a_sharded_checkpoint(char_data, tmp_path):
+def test_sample_and_export_read_a_sharded_checkpoint(trained, tmp_path):
     """sample.py and export.py on an FSDP run's ckpt.dcp, in one plain process: the weights are those a plain
     run reaches (within fp32 rounding), and samples come out."""
-    train(char_data, tmp_path / 'fsdp', '--parallel=fsdp', processes=2)
-    train(char_data, tmp_path / 'one')
-    sharded = checkpoint.load_model('resume', str(tmp_path / 'fsdp'))[0]
-    plain = checkpoint.load_model('resume', str(tmp_path / 'one'))[0]
+    fsdp, _ = trained('--parallel=fsdp', processes=2)
+    sharded = checkpoint.load_model('resume', str(fsdp))[0]
+    plain = checkpoint.load_model('resume', str(trained()[0]))[0]
     for (name, p), q in zip(sharded.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
-    result = run('sample.py', f'--out_dir={tmp_path / "fsdp"}', '--num_samples=2', '--max_new_tokens=30',
-                 '--device=cpu')
+    result = run('sample.py', f'--out_dir={fsdp}', '--num_samples=2', '--max_new_tokens=30', '--device=cpu')
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('---------------') == 2
-    result = run('export.py', f'--out_dir={tmp_path / "fsdp"}', f'--to={tmp_path / "hf"}')
+    result = run('export.py', f'--out_dir={fsdp}', f'--to={tmp_path / "hf"}')
     assert result.returncode == 0, result.stderr[-2000:]
     assert os.path.isfile(tmp_path / 'hf' / 'model.safetensors')
 

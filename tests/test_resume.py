@@ -1,16 +1,15 @@
 """Exact resume and no lost runs, proved as a user meets them: scripts run as processes, killed with SIGKILL at
-random moments, under torchrun, into folders that hold other runs."""
+each moment of a run, under torchrun, into folders that hold other runs."""
 import glob
 import os
-import random
+import shutil
 import signal
-import time
 
 import pytest
 import torch
 
 import checkpoint
-from helpers import assert_one_line_error, read_metrics, run, start, without_timings
+from helpers import ROOT, assert_one_line_error, finish, read_metrics, run, start, without_timings
 
 TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=2', '--eval_iters=4', '--log_interval=1', '--dropout=0.1', '--learning_rate=1e-3',
@@ -23,39 +22,86 @@ def train(*argv, processes=None):
     return result
 
 
+# train.py (train.main, as `python train.py` runs it) in a process that SIGKILLs itself the n-th time it reaches a
+# moment of the run: what a kill from outside at that moment leaves, reached every time, at once
+KILLED_AT = f'''
+import os, signal, sys
+sys.path.insert(0, {ROOT!r})
+import runlog, torch, train
+moment, n = sys.argv[1], int(sys.argv[2])
+estimate_loss, log_step, save, replace = train.estimate_loss, runlog.Log.step, torch.save, os.replace
+counts = {{}}
+
+def now(name):
+    counts[name] = counts.get(name, 0) + 1
+    return name == moment and counts[name] == n
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def evaluated(*args, **kwargs):
+    losses = estimate_loss(*args, **kwargs)
+    if now('eval'):  # computed, not yet logged or saved
+        die()
+    return losses
+
+def stepped(self, *args, **kwargs):
+    log_step(self, *args, **kwargs)
+    if now('step'):  # logged, the next step not begun
+        die()
+
+def saving(obj, path):
+    save(obj, path)
+    if now('save'):  # half the checkpoint written
+        os.truncate(path, os.path.getsize(path) // 2)
+        die()
+
+def replacing(src, dst):
+    kind = 'ckpt' if str(dst).endswith('ckpt.pt') else 'log' if str(dst).endswith('metrics.jsonl') else 'other'
+    if now(kind + ' rename'):  # the file written whole, not yet renamed
+        die()
+    replace(src, dst)
+    if now(kind + ' renamed'):  # renamed, the folder not yet synced, nothing printed
+        die()
+
+train.estimate_loss, runlog.Log.step, torch.save, os.replace = evaluated, stepped, saving, replacing
+train.main(sys.argv[3:])
+'''
+
+# (moment, n) of each kill, in order, a 60-iteration run saving at every 10th: what the run has then
+KILLS = [
+    ('eval', 1),  # in the first eval: no checkpoint yet, the next run starts again from scratch
+    ('log rename', 1),  # while a new run replaces metrics.jsonl
+    ('step', 15),  # between steps, 5 logged past the checkpoint of 10
+    ('save', 1),  # half of the save at 20 written (its eval logged)
+    ('ckpt rename', 1),  # the save at 20 written whole, not renamed
+    ('ckpt renamed', 1),  # renamed, not synced: the next run resumes from 20
+    ('log rename', 1),  # while the resumed run keeps metrics.jsonl's records up to its checkpoint
+    ('eval', 2),  # in the eval at 30, after the resumed run's first one at 20
+]
+
+
 @pytest.mark.slow
-def test_twenty_random_kills_change_nothing(char_data, tmp_path):
-    """A 300-iteration run killed with SIGKILL 20 times at random moments (in a step, an eval, a save), each time
-    continued with --init_from=resume (or started again when no checkpoint was saved yet), logs exactly the
-    losses of the uninterrupted run, bit for bit, one record per iteration and eval, and leaves no temporary file."""
-    argv = [*TINY, f'--data_dir={char_data}', '--max_iters=300', '--eval_interval=10', '--lr_decay_iters=300']
-    t0 = time.time()
-    train(*argv, f"--out_dir={tmp_path / 'start'}", '--max_iters=0')
-    startup = time.time() - t0  # imports, setup and an eval: the kills scale with the machine's speed
+def test_kills_at_every_moment_change_nothing(char_data, tmp_path):
+    """A 60-iteration run killed with SIGKILL 8 times, at each moment of a run (an eval, between steps, a save half
+    written, written but not renamed, renamed but not synced, metrics.jsonl being rewritten; before the first
+    checkpoint and after a resume), each time continued with --init_from=resume (or started again when no
+    checkpoint was saved yet), logs exactly the losses of the uninterrupted run, bit for bit, one record per
+    iteration and eval, ends with its weights and leaves no temporary file."""
+    argv = [*TINY, f'--data_dir={char_data}', '--max_iters=60', '--eval_interval=10', '--lr_decay_iters=60']
     whole = tmp_path / 'whole'
-    t0 = time.time()
-    train(*argv, f'--out_dir={whole}')
-    training = max(time.time() - t0 - startup, 0.1)
     killed = tmp_path / 'killed'
+    script = tmp_path / 'killed_at.py'
+    script.write_text(KILLED_AT)
 
     def init_from():
         return f"--init_from={'resume' if os.path.exists(killed / 'ckpt.pt') else 'scratch'}"
-    rng = random.Random(0)
-    kills, finished = 0, False
-    while kills < 20 and not finished:
-        proc = start('train.py', *argv, f'--out_dir={killed}', init_from(), capture=False)
-        # anywhere from the imports to a tenth of the training in: 20 kills fall before the run can end
-        time.sleep(rng.uniform(0.5 * startup, startup + training / 10))
-        finished = proc.poll() is not None
-        if finished:
-            assert proc.returncode == 0
-        else:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-    if not finished:
-        train(*argv, f'--out_dir={killed}', init_from())
-    assert kills >= 10  # the loop kills 20 times unless the run ends first
+    runs = [start('train.py', *argv, f'--out_dir={whole}')]
+    for moment, n in KILLS:
+        result = run(str(script), moment, n, *argv, f'--out_dir={killed}', init_from())
+        assert result.returncode == -signal.SIGKILL, (moment, n, result.stderr[-3000:])  # the moment came
+    train(*argv, f'--out_dir={killed}', init_from())
+    assert finish(runs[0]).returncode == 0
     assert without_timings(read_metrics(killed)) == without_timings(read_metrics(whole))
     a, b = checkpoint.load(whole / 'ckpt.pt')['model'], checkpoint.load(killed / 'ckpt.pt')['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -88,23 +134,34 @@ def test_the_eval_does_not_depend_on_the_number_of_processes(char_data, tmp_path
     assert (one['train_loss'], one['val_loss']) == (two['train_loss'], two['val_loss'])
 
 
-def test_a_new_run_never_replaces_an_existing_one(char_data, tmp_path):
-    argv = [*TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=5', '--max_iters=5']
-    train(*argv)
-    before = (tmp_path / 'ckpt.pt').read_bytes(), (tmp_path / 'metrics.jsonl').read_text()
+@pytest.fixture(scope='module')
+def five_iterations(char_data, tmp_path_factory):
+    """(train.py's arguments, less out_dir; a finished run of 5 iterations with them) for the tests that go on
+    from it (read only: a test copies it)."""
+    argv = [*TINY, f'--data_dir={char_data}', '--eval_interval=5', '--max_iters=5']
+    out_dir = tmp_path_factory.mktemp('five')
+    train(*argv, f'--out_dir={out_dir}')
+    return argv, out_dir
+
+
+def test_a_new_run_never_replaces_an_existing_one(five_iterations, tmp_path):
+    argv, trained = five_iterations
+    out_dir = shutil.copytree(trained, tmp_path / 'run')
+    argv = [*argv, f'--out_dir={out_dir}']
+    before = (out_dir / 'ckpt.pt').read_bytes(), (out_dir / 'metrics.jsonl').read_text()
     assert_one_line_error(run('train.py', *argv), '--init_from=resume', '--overwrite=True')
-    assert ((tmp_path / 'ckpt.pt').read_bytes(), (tmp_path / 'metrics.jsonl').read_text()) == before
+    assert ((out_dir / 'ckpt.pt').read_bytes(), (out_dir / 'metrics.jsonl').read_text()) == before
     train(*argv, '--overwrite=True', '--seed=7')  # asked for: a new run, and a new log
-    assert [r['iter'] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5, 5]
+    assert [r['iter'] for r in read_metrics(out_dir)] == [0, 1, 2, 3, 4, 5, 5]
 
 
-def test_a_diverging_run_logs_valid_json(char_data, tmp_path):
-    argv = [*TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=5']
-    train(*argv, '--max_iters=5')
-    result = run('train.py', *argv, '--init_from=resume', '--max_iters=10', '--learning_rate=1e38', '--grad_clip=0',
-                 '--warmup_iters=0', '--decay_lr=False', '--eval_interval=1')
+def test_a_diverging_run_logs_valid_json(five_iterations, tmp_path):
+    argv, trained = five_iterations
+    out_dir = shutil.copytree(trained, tmp_path / 'run')
+    result = run('train.py', *argv, f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=10',
+                 '--learning_rate=1e38', '--grad_clip=0', '--warmup_iters=0', '--decay_lr=False', '--eval_interval=1')
     assert_one_line_error(result, 'NaN or infinite')
-    records = read_metrics(tmp_path)  # strict JSON: a NaN loss is written as null
+    records = read_metrics(out_dir)  # strict JSON: a NaN loss is written as null
     assert any(r.get('val_loss', 0) is None for r in records)
 
 
