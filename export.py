@@ -13,8 +13,8 @@ are refused: no Hugging Face architecture computes them. A Hugging Face source's
 come along, and so do those of a checkpoint trained on data prepared with a tokenizer.json (`prepare.py
 --tokenizer=...`, checked by its fingerprint); for GPT-2 BPE or characters the script says what to do.
 
-A LoRA run's checkpoint (lora_rank > 0: its adapters and the base model's init_from) exports as the merged model
-(base + adapters folded into its weights), or with --adapter=True as a PEFT adapter folder for its base:
+A LoRA run's checkpoint (train.py --lora_rank=8: its adapters and its base model's identity) exports as the merged
+model (the adapters folded into the base's weights), or with --adapter=True as a PEFT adapter folder for its base:
 
     python export.py --out_dir=out-lora --to=hf/                                     # merged: no peft needed
     python export.py --out_dir=out-lora --to=adapter/ --adapter=True                 # base: init_from, as recorded
@@ -30,7 +30,7 @@ import torch
 import checkpoint
 import lora
 from configurator import cli, configure
-from hf import DTYPES, GPT2_EOS, PRETRAINED, export_hf, export_peft
+from hf import GPT2_EOS, PRETRAINED, export_hf, export_peft
 from model import GPT, GPTConfig
 
 DEFAULTS = dict(
@@ -39,10 +39,9 @@ DEFAULTS = dict(
     to='',  # the folder to write the Hugging Face model to
     force=False,  # replace a config.json / model.safetensors (adapter_config.json / ...) already in `to`
     adapter=False,  # a LoRA run: write its adapters to `to` as a PEFT adapter folder instead of the merged model
-    base_to='',  # with adapter: also write the base model to this folder (its matrices in lora_base_dtype, as the
-    # run held them) and name it as the adapter's base; by default the base is the run's init_from (hub id or folder)
+    base_to='',  # with adapter: also write the base model to this folder and name it as the adapter's base;
+    # by default the base is the one the run recorded, its init_from (a hub id, a GPT-2 name or a folder)
 )
-LORA_KEYS = ('lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'lora_base_dtype')
 
 
 def trained_tokenizer(ckpt):
@@ -58,54 +57,45 @@ def trained_tokenizer(ckpt):
 
 
 def lora_settings(ckpt):
-    """The LoRA checkpoint's settings (LORA_KEYS; lora_targets as a tuple) and its adapters, checked to be the
-    adapters those settings give the checkpoint's architecture: names and shapes."""
-    settings = {k: ckpt['config'].get(k) for k in LORA_KEYS}
-    settings['lora_targets'] = tuple(t.strip() for t in str(settings['lora_targets'] or '').split(',') if t.strip())
-    problems = lora.target_problems(settings['lora_targets'])
-    if settings['lora_base_dtype'] and settings['lora_base_dtype'] not in DTYPES:
-        problems.append(f"lora_base_dtype={settings['lora_base_dtype']!r} is not one of {', '.join(DTYPES)}")
+    """The settings of a LoRA run's checkpoint (its 'lora' entry: rank, alpha, dropout, targets, the base's
+    init_from), its adapters checked to be those the settings give its architecture: names and shapes."""
+    recorded = ckpt['lora']
+    settings = dict(rank=recorded.get('lora_rank'), alpha=recorded.get('lora_alpha'),
+                    dropout=recorded.get('lora_dropout'), base=(recorded.get('base') or {}).get('init_from'),
+                    targets=[t.strip() for t in str(recorded.get('lora_targets') or '').split(',') if t.strip()])
+    problems = lora.target_problems(settings['targets'])
+    if not isinstance(settings['rank'], int) or settings['rank'] < 1 or not isinstance(settings['alpha'], (int, float)):
+        problems.append(f"lora_rank={settings['rank']!r} and lora_alpha={settings['alpha']!r} are not a rank and a scale")
     if not problems:
         with torch.device('meta'):  # shapes only
-            expected = lora.adapter_state(add_adapters(GPT(GPTConfig(**ckpt['model_args'])), settings))
+            expected = lora.adapter_state(lora.add_adapters(GPT(GPTConfig(**ckpt['model_args'])), settings['rank'],
+                                                            settings['alpha'], 0.0, settings['targets']))
         found = ckpt['model']
         wrong = sorted(set(expected) ^ set(found)) + sorted(k for k in set(expected) & set(found)
                                                             if expected[k].shape != found[k].shape)
         if wrong:
-            problems.append(f'its adapters do not match its lora settings and model ({len(wrong)} tensors missing, '
-                            f'unexpected or wrongly shaped, e.g. {wrong[0]})')
+            problems.append(f'its adapters do not match its LoRA settings ({len(wrong)} tensors missing, unexpected '
+                            f'or wrongly shaped, e.g. {wrong[0]})')
     if problems:
-        raise ValueError(f"the LoRA checkpoint is damaged or foreign: {'; '.join(problems)}")
+        raise ValueError(f"the LoRA checkpoint is damaged or written by another program: {'; '.join(problems)}")
     return settings
 
 
-def add_adapters(model, settings):
-    return lora.add_adapters(model, settings['lora_rank'], settings['lora_alpha'], settings['lora_dropout'],
-                             settings['lora_targets'], DTYPES.get(settings['lora_base_dtype']))
-
-
 def lora_base(ckpt, settings):
-    """(base model, its Source) of a LoRA checkpoint: init_from's weights, with the adapters' slots in place."""
-    base = ckpt['config'].get('init_from')
+    """(base model, its Source) of a LoRA checkpoint: its base's weights as stored (a bf16 lora_base_dtype rounds
+    them during training only, as sample.py's merge does not), with the adapter slots in place, B = 0."""
+    base = settings['base']
     if not isinstance(base, str) or checkpoint.source_kind(base) != 'pretrained':
-        raise ValueError(f'the LoRA checkpoint names no base model to add its adapters to (init_from={base!r}): '
-                         'it was written by another program')
+        raise ValueError(f'the LoRA run was trained on init_from={base!r}: export.py reads the base of a LoRA run '
+                         'from pretrained weights (a GPT-2 name, a Hugging Face folder or hub id) only')
     model, source = checkpoint.load_model(base)
     have, want = checkpoint.model_args(model.config, full=True), GPTConfig(**ckpt['model_args'])
     changed = [k for k in checkpoint.LOCKED_KEYS if have[k] != getattr(want, k)]
     if changed:
-        raise ValueError(f'{base} is not the base model of the LoRA checkpoint: its {changed[0]} is {have[changed[0]]!r}, '
-                         f'the checkpoint was trained on {getattr(want, changed[0])!r}; restore the base it was trained on')
-    return add_adapters(model, settings), source
-
-
-def in_one_dtype(model):
-    """The frozen matrices back in the dtype of the rest of the model (lora_base_dtype may have halved them; the
-    values are unchanged): a Hugging Face folder has one torch_dtype. The adapters stay float32."""
-    for name, p in model.named_parameters():
-        if '.lora_' not in name:
-            p.data = p.data.to(model.lm_head.weight.dtype)
-    return model
+        raise ValueError(f'{base} is not the base model of the LoRA run: its {changed[0]} is {have[changed[0]]!r}, '
+                         f'the run trained on {getattr(want, changed[0])!r}; restore the base it was trained on')
+    with torch.random.fork_rng(devices=[]):  # the A's drawn here are the checkpoint's or unused
+        return lora.add_adapters(model, settings['rank'], settings['alpha'], 0.0, settings['targets']), source
 
 
 def hf_folder(source):
@@ -116,24 +106,25 @@ def hf_folder(source):
 
 def export_adapter(ckpt, settings, config, data_tokenizer):
     """The PEFT adapter folder of a LoRA checkpoint; its base is --base_to, written here, or the run's init_from."""
-    base = ckpt['config']['init_from']
+    base = settings['base']
     if config['base_to']:
         model, source = lora_base(ckpt, settings)
-        lora.merge(model)  # B is still zero, as add_adapters made it: the weights stay those the run held
-        arch = export_hf(in_one_dtype(model), config['base_to'], config['force'], hf_folder(source), data_tokenizer)
+        lora.merge(model)  # B = 0, as add_adapters made it: the weights stay the base's
+        arch = export_hf(model, config['base_to'], config['force'], hf_folder(source), data_tokenizer)
         print(f"wrote the base model to {config['base_to']}: a {arch}")
         base = os.path.abspath(config['base_to'])
-    elif checkpoint.source_kind(base) != 'pretrained':
-        raise ValueError(f'the LoRA checkpoint names no base model (init_from={base!r}): write it with --base_to=FOLDER')
+    elif not isinstance(base, str) or checkpoint.source_kind(base) != 'pretrained':
+        raise ValueError(f'the LoRA run was trained on init_from={base!r}, which no Hugging Face folder names: '
+                         'write its base with --base_to=FOLDER')
     elif os.path.isdir(base):
         base = os.path.abspath(base)  # PEFT resolves a relative path from where it runs, not from the adapter
     elif base in PRETRAINED:
         base = f'openai-community/{base}'  # GPT-2's hub id
-    arch = export_peft(GPTConfig(**ckpt['model_args']), ckpt['model'], settings['lora_rank'], settings['lora_alpha'],
-                       settings['lora_dropout'], config['to'], base, config['force'])
+    arch = export_peft(GPTConfig(**ckpt['model_args']), ckpt['model'], settings['rank'], settings['alpha'],
+                       settings['dropout'], config['to'], base, config['force'])
     n = sum(v.numel() for v in ckpt['model'].values())
     print(f"wrote {os.path.join(config['to'], 'adapter_config.json')} and adapter_model.safetensors: LoRA adapters "
-          f"of rank {settings['lora_rank']} ({n / 1e6:.2f}M parameters) for the {arch} {base}")
+          f"of rank {settings['rank']} ({n / 1e6:.2f}M parameters) for the {arch} {base}")
 
 
 def main():
@@ -142,7 +133,7 @@ def main():
         raise ValueError('say where to write the Hugging Face folder: --to=FOLDER, '
                          'e.g. python export.py --out_dir=out --to=hf/')
     ckpt = checkpoint.open_source(config['init_from'], config['out_dir']).ckpt
-    is_lora = ckpt is not None and (ckpt['config'].get('lora_rank') or 0) > 0
+    is_lora = ckpt is not None and 'lora' in ckpt  # a LoRA run's: adapters and the base's identity
     if (config['adapter'] or config['base_to']) and not is_lora:
         what = f"the checkpoint in {config['out_dir']}" if ckpt is not None else config['init_from']
         raise ValueError(f'--adapter=True and --base_to export the adapters of a LoRA run (lora_rank > 0), and {what} '
@@ -154,7 +145,7 @@ def main():
             return export_adapter(ckpt, settings, config, data_tokenizer)
         model, source = lora_base(ckpt, settings)
         model.load_state_dict(ckpt['model'], strict=False)  # the adapters (lora_settings checked their names)
-        model = lora.merge(in_one_dtype(model))  # W + alpha / rank * B A, in float32 for a float32 base
+        model = lora.merge(model)  # W + alpha / rank * B A
         hf_source = hf_folder(source)
     else:
         model, source = checkpoint.load_model(config['init_from'], config['out_dir'])
