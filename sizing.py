@@ -259,7 +259,7 @@ def lora_report(c, config, activations):
                    the frozen weights' own gradients needed: the bf16 input of each matrix that is no target
                    (c_attn's and c_fc's 2·d, mlp.c_proj's 2·d_ff; attn.c_proj's is kept by the attention anyway)
                    and of the lm_head (2·d); plus each adapter's rank-sized A x (2·rank), and with lora_dropout its
-                   1-byte mask (in)."""
+                   mask (in: CUDA keeps 1 byte, CPU the input's dtype)."""
     rank = config['lora_rank'] or LORA_SUGGESTED_RANK
     targets = [t.strip() for t in config['lora_targets'].split(',') if t.strip()]
     setting = config['lora_base_dtype']
