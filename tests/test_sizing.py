@@ -145,6 +145,7 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
     assert state_per_gpu(1) == {  # FSDP without offload shards nothing on one GPU: not a row
         'DDP': (28_037_001_600, 0),  # 18 bytes a parameter
         'DDP + activation checkpointing': (28_037_001_600, 0),
+        'LoRA rank 8, bfloat16 base': (3_617_712_000, 0),  # test_lora_memory_of_gpt2_xl_by_hand
         'FSDP + CPU offload + activation checkpointing': (24_921_779_200, 24_921_779_200),  # 16 bytes, on the host
     }
     assert state_per_gpu(2) == {
@@ -152,6 +153,7 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
         'FSDP': (12_460_889_600, 0),  # 8 bytes: half of 16
         'DDP + activation checkpointing': (34_267_446_400, 0),
         'FSDP + activation checkpointing': (12_460_889_600, 0),
+        'LoRA rank 8, bfloat16 base': (3_617_712_000 + 4 * 9_830_400, 0),  # + DDP's buckets of adapter gradients
         'FSDP + CPU offload + activation checkpointing': (12_460_889_600, 12_460_889_600),
     }
     assert state_per_gpu(8)['DDP'] == (34_267_446_400, 0) and state_per_gpu(8)['FSDP'] == (3_115_222_400, 0)  # 2 bytes
@@ -245,7 +247,7 @@ def test_lora_memory_of_gpt2_xl_by_hand():
     weights, gradients, AdamW's moments, bf16 copies). The base: the blocks' matrices and biases (30,734,400 a block)
     in bf16, the embeddings and norms (82,360,000) in float32; the lm_head's bf16 copy; activations as full training's
     with rank-sized additions and without the lm_head's input."""
-    argv = [f'{ROOT}/config/finetune_shakespeare.py', '--lora_rank=8']
+    argv = [f'{ROOT}/config/finetune_gpt2xl_lora.py']
     report = sizing.sizing_report(*sizing.resolve_config(argv), 24 * 10 ** 9, NO_DEVICES, argv=argv)
     m = report['memory']['lora']
     assert m['adapter_params'] == 8 * 25_600 * 48 == 9_830_400 and m['adapters'] == 18 * 9_830_400
@@ -257,7 +259,7 @@ def test_lora_memory_of_gpt2_xl_by_hand():
     assert m['total'] == m['base'] + m['adapters'] + m['casts'] + m['activations'] and m['fits']
     plan = report['plan']  # asked for: the only row, with train.py's command as given
     assert [row['variant'] for row in plan['rows']] == ['LoRA rank 8, bfloat16 base'] and not plan['lora_instead']
-    assert plan['command'] == f'python train.py {ROOT}/config/finetune_shakespeare.py --lora_rank=8'
+    assert plan['command'] == f'python train.py {ROOT}/config/finetune_gpt2xl_lora.py'
     float32_base = report_for([f'{ROOT}/config/finetune_shakespeare.py', '--lora_rank=8', '--lora_base_dtype=float32'])
     assert float32_base['memory']['lora']['base'] == 4 * 1_557_611_200  # and autocast copies every matrix, kept
     assert float32_base['memory']['lora']['casts'] == 2 * (50257 * 1600 + 48 * (30_734_400 - 4800 - 1600 - 6400 - 1600))
