@@ -146,10 +146,9 @@ def main():
         model, source = lora_base(ckpt, settings)
         model.load_state_dict(ckpt['model'], strict=False)  # the adapters (lora_settings checked their names)
         model = lora.merge(model)  # W + alpha / rank * B A
-        hf_source = hf_folder(source)
     else:
         model, source = checkpoint.load_model(config['init_from'], config['out_dir'])
-        hf_source = hf_folder(source)  # not a GPT-2 name
+    hf_source = hf_folder(source)
     arch = export_hf(model, config['to'], config['force'], hf_source, data_tokenizer)
     print(f"wrote {os.path.join(config['to'], 'config.json')} and model.safetensors: a {arch} of "
           f"{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters{' (base + LoRA adapters, merged)' if is_lora else ''}")
