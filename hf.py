@@ -482,3 +482,67 @@ def export_hf(model, folder, force=False, source_folder=None, tokenizer=None):
         raise OSError(f'could not write {folder} ({getattr(e, "strerror", None) or one_line(e, 150)}): the files '
                       'already there are unchanged; free some disk space or choose another --to') from None
     return layout
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA adapters for PEFT
+
+
+def export_peft(config, adapters, rank, alpha, dropout, folder, base, force=False):
+    """Write LoRA adapters (lora.adapter_state's tensors: transformer.h.0.attn.c_attn.lora_A, ...) of a model with
+    GPTConfig `config` as a PEFT adapter folder, adapter_config.json and adapter_model.safetensors, for the
+    Hugging Face export (export_hf) of its base model, recorded as `base` (a hub id or a folder):
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder) computes what base + adapters
+    compute. Returns the architecture (hf_layout).
+    Our fused matrices split as their weights do (llama_names): c_attn's adapter B A x is q, k and v's with the same
+    A, each with its rows of B (gate and up of c_fc likewise). GPT-2's Conv1D modules have our names and take A
+    (rank x in) and B (out x rank) as they are: PEFT's fan_in_fan_out only transposes the weight it merges into."""
+    layout = hf_layout(config)
+    names = None if layout == GPT2_ARCHITECTURE else llama_names(config)
+    tensors, targets = {}, set()
+    for key, lora_a in adapters.items():
+        if not key.endswith('.lora_A'):
+            continue
+        ours = key.removesuffix('.lora_A')  # transformer.h.0.attn.c_attn
+        lora_b = adapters[ours + '.lora_B']
+        if names is None:
+            modules = [(ours, lora_b)]
+        else:
+            parts = names[ours + '.weight']
+            modules = [(name.removesuffix('.weight'), rows)
+                       for (name, _), rows in zip(parts, lora_b.split([shape[0] for _, shape in parts]))]
+        for module, rows in modules:  # PEFT's names: its wrapper's prefix, without the adapter's name ('default')
+            tensors[f'base_model.model.{module}.lora_A.weight'] = lora_a
+            tensors[f'base_model.model.{module}.lora_B.weight'] = rows
+            targets.add(module.split('.', 3)[3])  # model.layers.0.self_attn.q_proj -> self_attn.q_proj
+    if not tensors:
+        raise ValueError('there are no LoRA adapters to export: --adapter=True is for the checkpoint of a run with '
+                         'lora_rank > 0')
+    adapter_config = {
+        'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'base_model_name_or_path': base,
+        'r': rank, 'lora_alpha': alpha, 'lora_dropout': dropout, 'bias': 'none',
+        # a target matches each module whose name ends with it: attn.c_proj is not mlp.c_proj
+        'target_modules': sorted(targets), 'fan_in_fan_out': layout == GPT2_ARCHITECTURE,  # Conv1D stores (in, out)
+        'use_rslora': False, 'use_dora': False, 'init_lora_weights': True, 'inference_mode': True,
+        'modules_to_save': None, 'layers_to_transform': None, 'rank_pattern': {}, 'alpha_pattern': {},
+    }
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f'--to={folder} is a file: give a folder to write the adapter into')
+    present = [n for n in ('adapter_config.json', 'adapter_model.safetensors') if os.path.exists(os.path.join(folder, n))]
+    if present and not force:
+        raise ValueError(f"{folder} already holds {' and '.join(present)}: pass --force=True to replace them, "
+                         'or choose another --to folder')
+    tensors = {k: v.detach().float().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    config_path, weights_path = os.path.join(folder, 'adapter_config.json'), os.path.join(folder, 'adapter_model.safetensors')
+    try:  # as export_hf: both written whole under temporary names, the config last
+        with atomic_path(config_path) as config_tmp:
+            with open(config_tmp, 'w') as f:
+                json.dump(adapter_config, f, indent=2)
+            with atomic_path(weights_path) as weights_tmp:
+                save_file(tensors, weights_tmp, metadata={'format': 'pt'})
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(config_path)
+    except (OSError, SafetensorError) as e:
+        raise OSError(f'could not write {folder} ({getattr(e, "strerror", None) or one_line(e, 150)}): the files '
+                      'already there are unchanged; free some disk space or choose another --to') from None
+    return layout

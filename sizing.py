@@ -35,12 +35,14 @@ import torch
 import checkpoint
 import dataset
 import flops
+import lora
 import machine
 from configurator import cli, configure
 from model import GPT
 from training import DEFAULTS as TRAIN_DEFAULTS, TYPES_OF_NONE, setting_problems
 
-DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4, gpus=1)  # peak_flops is train.py's key
+DEFAULTS = dict(TRAIN_DEFAULTS, json=False, device_memory='', mfu=0.4, gpus=1)  # peak_flops: train.py's
+LORA_SUGGESTED_RANK = 8  # the plan's LoRA run where the config asks for none and full finetuning does not fit
 REFERENCE_GPUS = ('A100', 'H100', 'H200')
 INVALID_MODEL = 'invalid GPTConfig: '  # how GPTConfig's ValueError begins; every problem follows, joined by '; '
 
@@ -239,6 +241,48 @@ def memory_report(c, n_params, batch_size, device_memory):
     }
 
 
+def lora_report(c, config, activations):
+    """Memory of a LoRA run (lora.py) in bf16 mixed precision, at the config's lora_rank (else LORA_SUGGESTED_RANK),
+    for one process or each DDP process: the adapters' counts from the model itself (lora.add_adapters on the meta
+    device).
+      base         the frozen weights, stored once: the blocks' matrices in lora_base_dtype ('auto': bf16 under
+                   autocast), the embeddings and norms in float32
+      adapters     rank x (in + out) per target: fp32 weights 4 + gradients 4 + AdamW's two moments 8 + autocast's
+                   bf16 copies 2 = 18 bytes each
+      casts        autocast's bf16 copy of each float32 frozen matrix, kept from its forward to its backward (the
+                   input's gradient needs it): the lm_head always, the blocks' matrices with a float32 base
+      activations  full training's (layer_activation_bytes, head_activation_bytes): the gradient still flows back
+                   through every frozen block to the adapters below, so nearly all of them stay; less what only
+                   the frozen weights' own gradients needed: the bf16 input of each matrix that is no target
+                   (c_attn's and c_fc's 2·d, mlp.c_proj's 2·d_ff; attn.c_proj's is kept by the attention anyway)
+                   and of the lm_head (2·d); plus each adapter's rank-sized A x (2·rank), and with lora_dropout its
+                   mask (in: CUDA keeps 1 byte, CPU the input's dtype)."""
+    rank = config['lora_rank'] or LORA_SUGGESTED_RANK
+    targets = [t.strip() for t in config['lora_targets'].split(',') if t.strip()]
+    setting = config['lora_base_dtype']
+    base_dtype = torch.bfloat16 if setting == 'auto' else getattr(torch, setting, None)
+    if not isinstance(base_dtype, torch.dtype) or lora.target_problems(targets):
+        return None  # train.py refuses the settings (its checklist names them)
+    with torch.device('meta'):
+        model = lora.add_adapters(GPT(c), rank, config['lora_alpha'], config['lora_dropout'], targets, base_dtype)
+    adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    fp32_blocks = sum(p.numel() for name, p in model.named_parameters() if not p.requires_grad and p.dim() == 2
+                      and name.startswith('transformer.h.') and p.dtype == torch.float32)
+    casts = 2 * (c.vocab_size * c.n_embd + fp32_blocks)  # lm_head (tied or not) and float32 block matrices
+    inputs = {'attn.c_attn': c.n_embd, 'attn.c_proj': c.n_head * c.head_size, 'mlp.c_fc': c.n_embd, 'mlp.c_proj': c.d_ff}
+    not_kept = {'attn.c_attn': 2 * c.n_embd, 'attn.c_proj': 0, 'mlp.c_fc': 2 * c.n_embd, 'mlp.c_proj': 2 * c.d_ff}
+    per_layer = activations['per_token']['layer_mixed'] - sum(not_kept[t] for t in lora.TARGETS if t not in targets) \
+        + sum(2 * rank + (inputs[t] if config['lora_dropout'] > 0 else 0) for t in targets)
+    per_head = activations['per_token']['head_mixed'] - 2 * c.n_embd
+    act = activations['tokens'] * (c.n_layer * per_layer + per_head)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {'rank': rank, 'targets': targets, 'base_dtype': str(base_dtype).removeprefix('torch.'),
+            'adapter_params': adapters, 'adapter_percent': 100 * adapters / n_params, 'base': base,
+            'adapters': 18 * adapters, 'casts': casts, 'per_token_layer': per_layer, 'per_token_head': per_head,
+            'activations': act, 'total': base + 18 * adapters + casts + act, 'asked': bool(config['lora_rank'])}
+
+
 # the ways to train on `gpus` GPUs, fastest first: (name, train.py's options, activations kept, state sharded,
 # state in host memory). Activation checkpointing costs a third more compute; FSDP's gathers cost less than that
 # on one node; CPU offload moves the optimizer step and every shard over PCIe at each step: the slowest.
@@ -271,8 +315,9 @@ def parallel_plan(report, config, gpus, device_memory, train_args):
     accumulated = 4 * n_params if micro_steps > 1 else 0
     gathered = 2 * (root + 2 * per_block) + 4 * per_block
     activations = report['memory']['activations']
+    lora_memory = report['memory']['lora']
     rows = []
-    for name, options, kept, is_sharded, offload in PARALLEL_VARIANTS:
+    for name, options, kept, is_sharded, offload in [] if config['lora_rank'] else PARALLEL_VARIANTS:
         if is_sharded and gpus == 1 and not offload:
             continue  # FSDP on one GPU shards nothing
         if is_sharded:  # FSDP's fp32 shards: weights, gradients and moments, no autocast copies (mp_policy casts)
@@ -283,6 +328,13 @@ def parallel_plan(report, config, gpus, device_memory, train_args):
         total = (0 if offload else state) + (gathered + accumulated if is_sharded else 0) + activations[kept]
         rows.append({'variant': name, 'options': options, 'state': state, 'host_per_process': host,
                      'activations': activations[kept], 'total': total, 'fits': total <= device_memory})
+    if lora_memory:  # a LoRA run, or the finetuning that fits where full finetuning needs CPU offload or no longer fits
+        state = lora_memory['total'] - lora_memory['activations'] + (4 * lora_memory['adapter_params'] if gpus > 1 else 0)
+        row = {'variant': f"LoRA rank {lora_memory['rank']}, {lora_memory['base_dtype']} base", 'state': state,
+               'options': '' if lora_memory['asked'] else f"--lora_rank={lora_memory['rank']}",
+               'host_per_process': 0, 'activations': lora_memory['activations'],
+               'total': state + lora_memory['activations'], 'fits': state + lora_memory['activations'] <= device_memory}
+        rows.insert(next((i for i, r in enumerate(rows) if r['host_per_process']), len(rows)), row)
     best = next((row for row in rows if row['fits']), None)
     problem = None
     if config['gradient_accumulation_steps'] % gpus:
@@ -293,8 +345,9 @@ def parallel_plan(report, config, gpus, device_memory, train_args):
         launch = 'python' if gpus == 1 and 'fsdp' not in best['options'] else \
             f'torchrun --standalone --nproc_per_node={gpus}'
         command = ' '.join(x for x in [launch, 'train.py', *train_args, best['options']] if x)
+    lora_instead = bool(best and lora_memory and not lora_memory['asked'] and best['variant'].startswith('LoRA'))
     return {'gpus': gpus, 'micro_steps_per_gpu': micro_steps, 'rows': rows, 'best': best and best['variant'],
-            'command': command, 'problem': problem}
+            'command': command, 'problem': problem, 'lora_instead': lora_instead}
 
 
 def config_args(argv):
@@ -447,6 +500,10 @@ def sizing_report(config, model_config, errors, device_memory, devices, device_m
     parameters = parameter_report(model)
     memory = memory_report(c, parameters['total'], config['batch_size'], device_memory)
     memory['device_memory_source'] = device_memory_source
+    finetuning = architecture_is_fixed(config) and config['init_from'] != 'resume'  # LoRA adapts pretrained weights
+    memory['lora'] = lora_report(c, config, memory['activations']) if config['lora_rank'] or finetuning else None
+    if memory['lora']:
+        memory['lora']['fits'] = memory['lora']['total'] <= device_memory
     compute = compute_report(model, config, config['mfu'], devices)
     run = {k: config[k] for k in ('init_from', 'batch_size', 'gradient_accumulation_steps', 'max_iters')}
     report = {'ok': True, 'model': asdict(c), 'run': run, 'parameters': parameters, 'memory': memory,
@@ -553,6 +610,16 @@ def format_memory(report):
             f"and {per_token['head_mixed']:,} for the logits and loss",
             '    (14 bytes per vocab entry at the start of backward); counted as Korthikanti et al. 2022 do, for this '
             "model's tensors in eager PyTorch"]
+    lm = m['lora']
+    if lm:
+        out += [f"  LoRA{'' if lm['asked'] else ' (lora_rank=0 here: the plan would use it)'}, rank {lm['rank']} on "
+                f"{', '.join(lm['targets'])}: {lm['adapter_params']:,} parameters train ({lm['adapter_percent']:.2f}%), "
+                f"the base is frozen in {lm['base_dtype']}, bf16 autocast:",
+                f"    frozen base {human_bytes(lm['base'])} + adapters with gradients and AdamW (18 bytes each) "
+                f"{human_bytes(lm['adapters'])} + autocast's copies of fp32 frozen matrices {human_bytes(lm['casts'])}",
+                f"    + activations {human_bytes(lm['activations'])} ({lm['per_token_layer']:,} bytes per layer and token: "
+                "the gradient still crosses every frozen block) = "
+                f"{human_bytes(lm['total'])}, {fits(lm['fits'])}"]
     return out
 
 
@@ -567,6 +634,9 @@ def format_plan(report):
                    f"{human_bytes(row['total']):>11}  {'fits' if row['fits'] else 'does not fit'}{host}")
     if plan['problem']:
         out.append(f"  note: {plan['problem']}")
+    if plan['lora_instead']:
+        out.append('  full finetuning does not fit' + (' without CPU offload' if any(r['host_per_process'] for r in plan['rows'] if r['fits'])
+                                                     else '') + ': LoRA trains adapters on the frozen base instead')
     if plan['command']:
         out.append(f"  fastest that fits: {plan['best']}:  {plan['command']}")
     else:

@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 import checkpoint
+import lora
 import machine
 import sizing
 import training
@@ -144,6 +145,7 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
     assert state_per_gpu(1) == {  # FSDP without offload shards nothing on one GPU: not a row
         'DDP': (28_037_001_600, 0),  # 18 bytes a parameter
         'DDP + activation checkpointing': (28_037_001_600, 0),
+        'LoRA rank 8, bfloat16 base': (3_617_712_000, 0),  # test_lora_memory_of_gpt2_xl_by_hand
         'FSDP + CPU offload + activation checkpointing': (24_921_779_200, 24_921_779_200),  # 16 bytes, on the host
     }
     assert state_per_gpu(2) == {
@@ -151,6 +153,7 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
         'FSDP': (12_460_889_600, 0),  # 8 bytes: half of 16
         'DDP + activation checkpointing': (34_267_446_400, 0),
         'FSDP + activation checkpointing': (12_460_889_600, 0),
+        'LoRA rank 8, bfloat16 base': (3_617_712_000 + 4 * 9_830_400, 0),  # + DDP's buckets of adapter gradients
         'FSDP + CPU offload + activation checkpointing': (12_460_889_600, 12_460_889_600),
     }
     assert state_per_gpu(8)['DDP'] == (34_267_446_400, 0) and state_per_gpu(8)['FSDP'] == (3_115_222_400, 0)  # 2 bytes
@@ -158,8 +161,9 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
 
 @pytest.mark.parametrize('argv, best, command_has', [
     (['config/finetune_shakespeare.py', '--gpus=1', '--device_memory=24GB'],
-     'FSDP + CPU offload + activation checkpointing', '--nproc_per_node=1 train.py config/finetune_shakespeare.py '
-                                                     '--parallel=fsdp --cpu_offload=True --activation_checkpointing=True'),
+     'LoRA rank 8, bfloat16 base', 'python train.py config/finetune_shakespeare.py --lora_rank=8'),
+    (['config/finetune_shakespeare.py', '--gpus=1', '--device_memory=80GB'], 'DDP', 'python train.py '
+                                                                                    'config/finetune_shakespeare.py'),
     (['config/finetune_shakespeare.py', '--gpus=2', '--device_memory=24GB'], 'FSDP', '--nproc_per_node=2'),
     (['config/finetune_shakespeare.py', '--gpus=8', '--device_memory=80GB'], 'DDP', '--nproc_per_node=8 train.py '
                                                                                     'config/finetune_shakespeare.py'),
@@ -167,7 +171,8 @@ def test_state_per_gpu_of_gpt2_xl_by_hand():
       '--device_memory=80GB'], 'FSDP', 'train.py config/model_llama2_7b.py --batch_size=1'),
 ])
 def test_sizing_plans_the_parallelism(argv, best, command_has):
-    """The README's cases: GPT-2 XL full finetuning on 1 x 24 GB (only CPU offload fits), 2 x 24 GB (FSDP),
+    """The README's cases: GPT-2 XL finetuning on 1 x 24 GB (LoRA: full finetuning fits only with CPU offload),
+    1 x 80 GB (full finetuning fits: no LoRA), 2 x 24 GB (FSDP),
     8 x 80 GB (DDP fits, the fastest); Llama-2-7B on 8 x 80 GB (FSDP). The command repeats the config file as given:
     relative to the repository, where the tests run."""
     config, model_config, errors = sizing.resolve_config(argv)
@@ -185,12 +190,15 @@ def manual_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, en
     return F.softmax(att, dim=-1) @ v
 
 
-def saved_bytes_per_layer_and_token(model_kwargs, bf16, T=16):
+def saved_bytes_per_layer_and_token(model_kwargs, bf16, T=16, lora_targets=None, lora_dropout=0.0):
     """Bytes of the distinct tensors autograd keeps for backward, per block and token, measured: the difference
-    between 4 and 2 layers and between batch 4 and 2 cancels the parameters, their bf16 copies and the head."""
+    between 4 and 2 layers and between batch 4 and 2 cancels the parameters, their bf16 copies and the head.
+    lora_targets: with rank-4 adapters on these, the base frozen in bf16."""
     def saved(n_layer, batch_size):
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=n_layer, block_size=T, vocab_size=64, **model_kwargs))
+        if lora_targets:
+            lora.add_adapters(model.train(), 4, 8.0, lora_dropout, lora_targets, torch.bfloat16)
         params = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
         storages = {}
 
@@ -231,6 +239,58 @@ def test_activation_formula_for_llama_style_blocks():
     formula = sizing.layer_activation_bytes(config, 2, flash=True) + 2 * 4  # + the two norms' 1/rms
     cpu_extras = 2 * 4 * 64 + 2 * 64
     assert formula <= saved_bytes_per_layer_and_token(llama_like, bf16=True) <= formula + cpu_extras
+
+
+def test_lora_memory_of_gpt2_xl_by_hand():
+    """GPT-2 XL with rank-8 adapters on every target: per block r x (in + out) for c_attn (1600 + 4800), attn.c_proj
+    (1600 + 1600), c_fc (1600 + 6400) and mlp.c_proj (6400 + 1600): 8 x 25,600 x 48 blocks; 18 bytes each (fp32
+    weights, gradients, AdamW's moments, bf16 copies). The base: the blocks' matrices and biases (30,734,400 a block)
+    in bf16, the embeddings and norms (82,360,000) in float32; the lm_head's bf16 copy; activations as full training's
+    with rank-sized additions and without the lm_head's input."""
+    argv = [f'{ROOT}/config/finetune_gpt2xl_lora.py']
+    report = sizing.sizing_report(*sizing.resolve_config(argv), 24 * 10 ** 9, NO_DEVICES, argv=argv)
+    m = report['memory']['lora']
+    assert m['adapter_params'] == 8 * 25_600 * 48 == 9_830_400 and m['adapters'] == 18 * 9_830_400
+    assert m['base'] == 2 * 48 * 30_734_400 + 4 * 82_360_000 == 3_279_942_400
+    assert m['casts'] == 2 * 50257 * 1600 and m['base_dtype'] == 'bfloat16'
+    per_token = report['memory']['activations']['per_token']
+    assert m['per_token_layer'] == per_token['layer_mixed'] + 4 * 2 * 8
+    assert m['activations'] == 1024 * (48 * m['per_token_layer'] + per_token['head_mixed'] - 2 * 1600)
+    assert m['total'] == m['base'] + m['adapters'] + m['casts'] + m['activations'] and m['fits']
+    plan = report['plan']  # asked for: the only row, with train.py's command as given
+    assert [row['variant'] for row in plan['rows']] == ['LoRA rank 8, bfloat16 base'] and not plan['lora_instead']
+    assert plan['command'] == f'python train.py {ROOT}/config/finetune_gpt2xl_lora.py'
+    float32_base = report_for([f'{ROOT}/config/finetune_shakespeare.py', '--lora_rank=8', '--lora_base_dtype=float32'])
+    assert float32_base['memory']['lora']['base'] == 4 * 1_557_611_200  # and autocast copies every matrix, kept
+    assert float32_base['memory']['lora']['casts'] == 2 * (50257 * 1600 + 48 * (30_734_400 - 4800 - 1600 - 6400 - 1600))
+
+
+@pytest.mark.parametrize('targets, dropout', [(lora.TARGETS, 0.0), (('attn.c_attn', 'attn.c_proj'), 0.0),
+                                              (('mlp.c_fc', 'mlp.c_proj'), 0.1)])
+def test_lora_activation_formula_is_what_autograd_keeps(targets, dropout):
+    """With the base frozen, autograd keeps what the input gradients need: a frozen matrix's input only where an
+    adapter reads it too; each adapter adds its A x (and with dropout its mask)."""
+    gpt2_like = dict(n_head=4, n_embd=64)
+    config = GPTConfig(n_layer=2, block_size=16, vocab_size=64, **gpt2_like)
+    cfg = {**sizing.LORA_DEFAULTS, **training.DEFAULTS, 'lora_rank': 4, 'lora_dropout': dropout,
+           'lora_targets': ','.join(targets)}
+    formula = sizing.lora_report(config, cfg, sizing.activation_report(config, 1))['per_token_layer']
+    norm_statistics = 2 * 8  # as for full training: the LayerNorms' mean and 1/std, left out
+    # CUDA's dropout keeps a 1-byte mask; CPU's keeps it in the input's dtype: c_fc's fp32 (the norm's output),
+    # mlp.c_proj's bf16 (64 and 256 inputs)
+    cpu_masks = (3 * 64 + 1 * 256) if dropout else 0
+    assert saved_bytes_per_layer_and_token(gpt2_like, True, lora_targets=targets, lora_dropout=dropout) == \
+        formula + norm_statistics + cpu_masks
+
+
+def test_sizing_says_lora_fits_where_full_finetuning_does_not():
+    result = run('sizing.py', '--init_from=gpt2-xl', '--batch_size=1', '--device_memory=24GB')
+    assert result.returncode == 0, result.stderr
+    assert 'LoRA (lora_rank=0 here: the plan would use it), rank 8' in result.stdout
+    assert 'full finetuning does not fit without CPU offload: LoRA trains adapters on the frozen base instead' in \
+        result.stdout
+    assert 'fastest that fits: LoRA rank 8, bfloat16 base:  python train.py --init_from=gpt2-xl --batch_size=1 ' \
+           '--lora_rank=8' in result.stdout
 
 
 def test_compute_and_times():
