@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+TEXTS = ('warning', 'message')  # the text fields of a record: a warning's (health.py)
+
 
 def read_records(path, before=math.inf, quiet=False):
     """metrics.jsonl's records; for a run resumed at iteration `before`, its steps up to it and its evals before it
@@ -35,6 +37,6 @@ def record_of(line):
     """A metrics.jsonl line as a record (NaN and infinities, which an older version wrote, as null), or a ValueError."""
     r = json.loads(line)
     if not isinstance(r, dict) or type(r.get('iter')) is not int or r['iter'] < 0 or not all(
-            v is None or type(v) in (int, float) for k, v in r.items()):
+            v is None or type(v) in (int, float) or k in TEXTS and type(v) is str for k, v in r.items()):
         raise ValueError('not a record')
     return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()}

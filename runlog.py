@@ -2,9 +2,11 @@
 What a training run reports, from its master process: the console, out_dir/metrics.jsonl, out_dir/loss.png and wandb.
 
 metrics.jsonl is strict JSON (NaN and infinities as null), one record per logged iteration ({"iter", "tokens",
-"loss", "lr", "ms", "mfu"}) and per evaluation ({"iter", "tokens", "train_loss", "val_loss", "train_bpb",
-"val_bpb": bits per byte, when known}); "tokens" counts the training tokens seen; a resumed run drops what came
-after its checkpoint first. loss.png is drawn from it (curves.py) after every evaluation and at the end.
+"loss", "lr", "ms", "mfu", "tokens_per_s", "grad_norm", "clipped", "update_ratio_<group>"}), per evaluation
+({"iter", "tokens", "train_loss", "val_loss", "train_bpb", "val_bpb": bits per byte, when known}) and per warning
+of health.py ({"iter", "tokens", "warning", "message"}); "tokens" counts the training tokens seen; a resumed run
+drops what came after its checkpoint first. loss.png is drawn from it (curves.py) after every evaluation and at
+the end.
 """
 
 import json
@@ -13,6 +15,7 @@ import os
 
 from atomic import atomic_path
 from configurator import one_line
+from health import Monitor
 from training import tokens_per_iter
 
 
@@ -21,6 +24,7 @@ class Log:
         self.master, self.iter_start, self.ema_mfu, self.file, self.wandb = machine.master, iter_num, None, None, None
         # loss.png's path; whether an evaluation asks for it to be drawn; whether records came after its last drawing
         self.plot, self.draw_due, self.unplotted = None, False, False
+        self.tokens_per_iter, self.monitor = tokens_per_iter(cfg), Monitor(cfg)
         if not machine.master or cfg['eval_only']:
             return
         os.makedirs(cfg['out_dir'], exist_ok=True)
@@ -33,7 +37,6 @@ class Log:
             f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
         self.file = open(path, 'a')
         # tokens are counted on from the checkpoint's count, since a resumed run may take another batch size
-        self.tokens_per_iter = tokens_per_iter(cfg)
         self.tokens_start = next((r['tokens'] for r in kept if r['iter'] == iter_num and 'tokens' in r),
                                  iter_num * self.tokens_per_iter)
         self.plot = os.path.join(cfg['out_dir'], 'loss.png')
@@ -51,6 +54,9 @@ class Log:
         self.unplotted = True
         if self.wandb:
             self.wandb.log(record, step=record['iter'])
+        for kind, message in self.monitor.feed(record):
+            print(f'warning: {message}')
+            self.record({'iter': record['iter'], 'warning': kind, 'message': message})
 
     def draw(self):
         """out_dir/loss.png from metrics.jsonl; only a picture: if it cannot be drawn, say so once and train on."""
@@ -86,15 +92,18 @@ class Log:
             self.record({'iter': iter_num, 'hellaswag_acc': result['acc'], 'hellaswag_acc_norm': result['acc_norm'],
                          'hellaswag_n': result['n']})
 
-    def step(self, iter_num, loss, lr, dt, mfu, eta):
+    def step(self, iter_num, loss, lr, dt, mfu, eta, health=None):
         if not self.master:
             return
         if mfu is not None:
             self.ema_mfu = mfu if self.ema_mfu is None else 0.9 * self.ema_mfu + 0.1 * mfu
         shown = '-' if self.ema_mfu is None else f'{self.ema_mfu * 100:.1f}%'
-        print(f'iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, mfu {shown}, '
-              f'eta {format_seconds(eta)}')
-        self.record({'iter': iter_num, 'loss': loss, 'lr': lr, 'ms': dt * 1000, 'mfu': self.ema_mfu})
+        health = health or {}
+        norm = f", grad norm {health['grad_norm']:.3g}" if 'grad_norm' in health else ''
+        print(f'iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, '
+              f'{self.tokens_per_iter / dt:,.0f} tok/s{norm}, mfu {shown}, eta {format_seconds(eta)}')
+        self.record({'iter': iter_num, 'loss': loss, 'lr': lr, 'ms': dt * 1000, 'mfu': self.ema_mfu,
+                     'tokens_per_s': self.tokens_per_iter / dt, **health})
         if self.draw_due:
             self.draw()
 

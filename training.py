@@ -158,9 +158,11 @@ def is_sharded(model):
     return isinstance(getattr(model, '_orig_mod', model), FSDPModule)
 
 
-def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
+def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine, measure_updates=False):
     """One optimizer step: this process's micro-steps of forward and backward, clip, step, zero_grad; returns its
-    mean loss. Micro-steps are numbered over all processes: the batches do not depend on the process count."""
+    mean loss, the gradient norm before clipping and, if measure_updates (not under FSDP), each param group's update
+    to weight ratio (else None). Micro-steps are numbered over all processes: the batches do not depend on the
+    process count."""
     micro_steps = cfg['gradient_accumulation_steps'] // machine.world_size
     loss_sum = torch.zeros((), device=machine.device)
     for micro_step in range(micro_steps):
@@ -176,13 +178,22 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
             loss = loss / micro_steps  # the gradients add up over the micro-steps: take their mean
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
-    if cfg['grad_clip'] != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+    scaler.unscale_(optimizer)  # the norm of the true gradients (a no-op unless float16); grad_clip 0: not clipped
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
+    grad_norm = grad_norm.full_tensor() if is_sharded(model) else grad_norm  # FSDP: each process holds a part
+    weights = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups] \
+        if measure_updates and not is_sharded(model) else None  # a copy while the activations' memory is free
     scaler.step(optimizer)  # the GradScaler does nothing unless float16
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum
+    ratios = weights and [update_ratio(before, g['params']) for before, g in zip(weights, optimizer.param_groups)]
+    return loss_sum, grad_norm, ratios
+
+
+def update_ratio(before, params):
+    """The norm of a param group's change in this step over the norm of its weights before it (all tensors as one)."""
+    change = torch.stack([(p.detach() - w).float().norm() for p, w in zip(params, before)]).norm()
+    return (change / torch.stack([w.float().norm() for w in before]).norm()).item() if before else None
 
 
 @contextmanager
