@@ -19,7 +19,7 @@ SPIKE = 1.5  # a loss this many times the recent median, and 0.3 nats above it, 
 EXPLODING = 10.0  # a gradient norm this many times the recent median
 SLOWER = 3.0  # tokens/s this many times below the recent median
 RISING_EVALS = 3  # val loss rising at this many evaluations in a row while train loss falls
-NEAR_ENTROPY = 0.95  # 5 logged losses in a row above this fraction of the unigram entropy, after 2 x warmup
+NEAR_ENTROPY = 1.0  # 10 logged losses above this fraction of the unigram entropy, the last 5 no lower, after 2 x warmup
 
 
 class Monitor:
@@ -58,10 +58,10 @@ class Monitor:
             found['throughput'] = (f"throughput fell at iteration {it} to {r['tokens_per_s']:,.0f} tokens/s, "
                                    f"{m / r['tokens_per_s']:.1f}x below the recent median: another job on the machine, "
                                    'a throttled or swapping machine, or a slow data disk?')
-        last = [s['loss'] for s in self.steps[-(MIN_WINDOW - 1):]] + [loss]
-        if len(last) == MIN_WINDOW and it >= 2 * self.cfg.get('warmup_iters', 0) and self.cfg.get('data_dir'):
+        last = [s['loss'] for s in self.steps[-(2 * MIN_WINDOW - 1):]] + [loss]  # two windows: is it still falling?
+        if len(last) == 2 * MIN_WINDOW and it >= 2 * self.cfg.get('warmup_iters', 0) and self.cfg.get('data_dir'):
             self.entropy = self.entropy or unigram_entropy(self.cfg['data_dir'])
-            if min(last) >= NEAR_ENTROPY * self.entropy:
+            if min(last) >= NEAR_ENTROPY * self.entropy and sum(last[MIN_WINDOW:]) > sum(last[:MIN_WINDOW]) - 0.05:
                 found['plateau'] = (f'the loss ({loss:.3f}) has stayed at or above the unigram entropy of the '
                                     f'training data ({self.entropy:.3f}): the model learns no more than token '
                                     'frequencies; try another --learning_rate (10x lower first) and check the data')

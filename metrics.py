@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-TEXTS = ('warning', 'message')  # the text fields of a record: a warning's (health.py)
+TEXTS = ('warning', 'message', 'reference')  # a record's text fields: a warning's (health.py), the reference's name
 
 
 def read_records(path, before=math.inf, quiet=False):

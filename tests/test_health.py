@@ -2,8 +2,11 @@
 the update to weight ratios), checked against hand computations; health.py's warnings, each fired by a metrics
 stream built to trigger it and silent on normal runs; a sabotaged run warns."""
 import copy
+import json
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +72,90 @@ def test_health_fields_in_metrics_of_a_run(char_data, tmp_path):
         assert r['tokens_per_s'] == pytest.approx(2 * 16 / (r['ms'] / 1000))
     train.main([*common, f'--out_dir={tmp_path / "b"}', '--grad_clip=0.0'])
     assert all(r['clipped'] == 0.0 for r in read_metrics(tmp_path / 'b') if 'loss' in r)
+
+
+def steps(losses, start=1, **fixed):
+    return [{'iter': start + i, 'loss': loss, 'grad_norm': 1.0, 'tokens_per_s': 1000.0, **fixed}
+            for i, loss in enumerate(losses)]
+
+
+def warnings_of(records, cfg=None):
+    monitor = health.Monitor(cfg or {})
+    return [(r['iter'], kind) for r in records for kind, _ in monitor.feed(r)]
+
+
+def test_a_loss_spike_warns_once_per_episode():
+    records = steps([2.0] * 10 + [5.0, 5.0, 2.0, 2.0, 5.0])
+    assert warnings_of(records) == [(11, 'spike'), (15, 'spike')]  # not again at 12: the same episode
+
+
+def test_exploding_gradient_and_throughput_drop_warn():
+    records = steps([2.0] * 12)
+    records[10]['grad_norm'] = 30.0
+    records[11]['tokens_per_s'] = 100.0
+    assert warnings_of(records) == [(11, 'gradient'), (12, 'throughput')]
+
+
+def test_divergence_names_where_the_best_checkpoint_is(tmp_path):
+    evals = [{'iter': 100 * i, 'train_loss': t, 'val_loss': v}
+             for i, (t, v) in enumerate([(2.0, 2.1), (1.5, 1.6), (1.3, 1.65), (1.2, 1.7), (1.1, 1.8), (1.0, 1.9)])]
+    for always, where in ((False, str(tmp_path / 'ckpt.pt') + ' holds it'), (True, 'holds the latest, not the best')):
+        monitor = health.Monitor({'out_dir': str(tmp_path), 'always_save_checkpoint': always})
+        found = [(r['iter'], w) for r in evals for w in monitor.feed(r)]
+        assert [(it, kind) for it, (kind, _) in found] == [(400, 'divergence')]
+        assert 'best val loss 1.6000 was at iteration 100' in found[0][1][1] and where in found[0][1][1]
+
+
+def test_a_plateau_at_the_unigram_entropy_warns(char_data):
+    ids = np.fromfile(os.path.join(char_data, 'train.bin'), dtype=np.uint16)
+    p = np.bincount(ids) / len(ids)
+    entropy = -sum(q * math.log(q) for q in p if q > 0)
+    assert health.unigram_entropy(char_data) == pytest.approx(entropy, rel=1e-9)
+    cfg = {'data_dir': char_data, 'warmup_iters': 2}
+    assert warnings_of(steps([entropy * 1.01] * 11), cfg) == [(10, 'plateau')]  # at 10 logged steps
+    assert warnings_of(steps([entropy * 0.8] * 11), cfg) == []  # below it
+    assert warnings_of(steps([entropy * (1.5 - 0.03 * i) for i in range(11)]), cfg) == []  # falling towards it
+
+
+def test_a_normal_run_is_silent_and_a_sabotaged_one_warns(char_data, tmp_path):
+    """train.py's small learning run has no warning (throughput, which depends on the machine's other jobs, aside);
+    the same run at 100x the learning rate warns, on the console and in metrics.jsonl."""
+    common = ['--device=cpu', '--compile=False', f'--data_dir={char_data}', '--dataset=tiny', '--n_layer=2',
+              '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=8', '--gradient_accumulation_steps=1',
+              '--eval_iters=2', '--max_iters=60', '--eval_interval=20', '--log_interval=2', '--warmup_iters=4',
+              '--lr_decay_iters=60']
+    train.main([*common, f'--out_dir={tmp_path / "normal"}', '--learning_rate=3e-3'])
+    assert [r for r in read_metrics(tmp_path / 'normal') if r.get('warning') not in (None, 'throughput')] == []
+    result = run('train.py', *common, f'--out_dir={tmp_path / "sabotaged"}', '--learning_rate=0.3')
+    warned = {r['warning'] for r in read_metrics(tmp_path / 'sabotaged') if 'warning' in r} - {'throughput'}
+    assert warned and all('warning: ' in line for line in result.stdout.splitlines() if 'warning' in line)
+
+
+def test_the_quick_start_matches_its_reference_and_the_band_drawn_is_the_stored_one(tmp_path):
+    """The quick start's settings find references/shakespeare_char_cpu.json (other settings find none); the band
+    curves.draw puts behind a run is that file's min-max over the seeds, and plot.py draws it by name."""
+    import curves
+    import reference
+    ref = reference.load('shakespeare_char_cpu')
+    cfg = configure(training.DEFAULTS, ['config/train_shakespeare_char_cpu.py', '--out_dir=elsewhere', '--seed=7'],
+                    training.TYPES_OF_NONE)
+    assert reference.find(cfg)['name'] == 'shakespeare_char_cpu'
+    assert reference.find(cfg.replace(learning_rate=1e-2)) is None
+    assert reference.find(configure(training.DEFAULTS, [], training.TYPES_OF_NONE)) is None
+    records = [{'iter': p['iter'], 'val_loss': p['val_loss'] + 0.01, 'train_loss': p['val_loss']} for p in ref['points']]
+    fig = curves.draw([('run', records)], str(tmp_path / 'loss.png'), ref=ref)
+    polygon = fig.axes[0].collections[0].get_paths()[0].vertices
+    points = ref['points']
+    for p in points:
+        at = polygon[np.isclose(polygon[:, 0], p['iter'])][:, 1]
+        assert min(at) == pytest.approx(p['val_loss_min']) and max(at) == pytest.approx(p['val_loss_max'])
+    assert all(p['val_loss_min'] <= p['val_loss'] <= p['val_loss_max'] for p in points) and len(points) >= 3
+    far = {'iter': points[-1]['iter'], 'val_loss': points[-1]['val_loss_max'] + 1.0}
+    assert 'far outside the reference band' in reference.outside(ref, far)
+    assert reference.outside(ref, {'iter': points[-1]['iter'], 'val_loss': points[-1]['val_loss']}) is None
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    result = run('plot.py', str(out), '--reference=shakespeare_char_cpu', f'--out={tmp_path / "runs.png"}')
+    assert result.returncode == 0 and (tmp_path / 'runs.png').exists(), result.stderr
+    assert run('plot.py', str(out), '--reference=nothing').stderr.startswith("error: no reference 'nothing'")
