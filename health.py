@@ -9,10 +9,6 @@ starts, each once per episode (until the record that ends it) and in one line wi
 import os
 from statistics import median
 
-import numpy as np
-
-import dataset
-
 WINDOW = 10  # the recent logged steps a step is compared with (at least MIN_WINDOW of them)
 MIN_WINDOW = 5
 SPIKE = 1.5  # a loss this many times the recent median, and 0.3 nats above it, is a spike
@@ -60,7 +56,8 @@ class Monitor:
                                    'a throttled or swapping machine, or a slow data disk?')
         last = [s['loss'] for s in self.steps[-(2 * MIN_WINDOW - 1):]] + [loss]  # two windows: is it still falling?
         if len(last) == 2 * MIN_WINDOW and it >= 2 * self.cfg.get('warmup_iters', 0) and self.cfg.get('data_dir'):
-            self.entropy = self.entropy or unigram_entropy(self.cfg['data_dir'])
+            import reference  # a run of 10 logged steps after its warmup reads train.bin once
+            self.entropy = self.entropy or reference.unigram_entropy(self.cfg['data_dir'])
             if min(last) >= NEAR_ENTROPY * self.entropy and sum(last[MIN_WINDOW:]) > sum(last[:MIN_WINDOW]) - 0.05:
                 found['plateau'] = (f'the loss ({loss:.3f}) has stayed at or above the unigram entropy of the '
                                     f'training data ({self.entropy:.3f}): the model learns no more than token '
@@ -77,15 +74,3 @@ class Monitor:
             found['divergence'] = (f"val loss has risen for {RISING_EVALS} evaluations while train loss fell "
                                    f"(overfitting): the best val loss {best['val_loss']:.4f} was at iteration "
                                    f"{best['iter']}; {where}; stop here, or add --dropout or data")
-
-
-def unigram_entropy(data_dir, samples=64, length=1 << 16):
-    """The entropy (nats per token) of the token frequencies in train.bin, from `samples` stretches spread over it:
-    the loss of a model that learns frequencies only."""
-    data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=dataset.token_dtype(dataset.load_meta(data_dir)),
-                     mode='r')
-    sample = data[:] if len(data) <= samples * length else np.concatenate(
-        [data[s:s + length] for s in np.linspace(0, len(data) - length, samples).astype(np.int64)])
-    counts = np.bincount(sample)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())

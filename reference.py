@@ -6,10 +6,15 @@ behind the run (curves.py), and train.py warns when an evaluation falls far outs
 
     ref = reference.find(cfg)                # the reference of a run's settings, or None
     ref = reference.load('shakespeare_char_cpu')
+    floor = reference.unigram_entropy('data/shakespeare_char')   # nats per token: a model of frequencies only
 """
 
 import json
 import os
+
+import numpy as np
+
+import dataset
 
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'references')
 # what a run may change and still be compared with the reference: where it writes and how often it reports
@@ -45,6 +50,22 @@ def find(cfg):
     return None
 
 
+def beside(log, records):
+    """The reference drawn behind a run (runlog.Log, found once: its name recorded for plot.py) and the warning when
+    the run's last evaluation lies far outside its band, printed and recorded by the Log."""
+    if log.reference is None:
+        log.reference = find(log.cfg) or {}
+        if log.reference:
+            log.record({'iter': log.iter_start, 'reference': log.reference['name']})
+    last = next((r for r in reversed(records) if r.get('val_loss') is not None), None)
+    message = outside(log.reference, last) if log.reference and last and last['iter'] > log.iter_start else None
+    if message and message not in log.monitor.active:  # once per evaluation: a drawing at the end repeats the last
+        log.monitor.active.add(message)
+        print(f'warning: {message}')
+        log.record({'iter': last['iter'], 'warning': 'reference', 'message': message})
+    return log.reference
+
+
 def band_at(ref, iter_num):
     """(mean, min, max) of the reference's val loss at iter_num, or None where it has no evaluation there."""
     for p in ref.get('points', []):
@@ -64,3 +85,15 @@ def outside(ref, record):
     return (f"val loss {record['val_loss']:.4f} at iteration {record['iter']} is far outside the reference band "
             f"{low:.4f}-{high:.4f} of {ref['name']} ({ref['source']}); check the settings against {ref['config']}, "
             'the data and the torch version (python check_setup.py)')
+
+
+def unigram_entropy(data_dir, samples=64, length=1 << 16):
+    """The entropy (nats per token) of the token frequencies in train.bin, from `samples` stretches spread over it:
+    the loss of a model that learns frequencies only."""
+    data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=dataset.token_dtype(dataset.load_meta(data_dir)),
+                     mode='r')
+    sample = data[:] if len(data) <= samples * length else np.concatenate(
+        [data[s:s + length] for s in np.linspace(0, len(data) - length, samples).astype(np.int64)])
+    counts = np.bincount(sample)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

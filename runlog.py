@@ -25,7 +25,6 @@ class Log:
         # loss.png's path; whether an evaluation asks for it to be drawn; whether records came after its last drawing
         self.plot, self.draw_due, self.unplotted = None, False, False
         self.tokens_per_iter, self.monitor, self.cfg, self.reference = tokens_per_iter(cfg), Monitor(cfg), cfg, None
-        self.checked = -1  # the last evaluation compared with the reference
         if not machine.master or cfg['eval_only']:
             return
         os.makedirs(cfg['out_dir'], exist_ok=True)
@@ -72,18 +71,8 @@ class Log:
             import curves  # here, not at the top: matplotlib takes a second to import, and a run without it trains
             import metrics
             import reference
-            if self.reference is None:  # the band behind the run, if any; its name recorded for plot.py
-                self.reference = reference.find(self.cfg) or {}
-                if self.reference:
-                    self.record({'iter': self.iter_start, 'reference': self.reference['name']})
             records = metrics.read_records(self.file.name, quiet=True)
-            curves.draw([(self.label, records)], self.plot, ref=self.reference)
-            evals = [r for r in records if r.get('val_loss') is not None and r['iter'] > self.checked]
-            outside = reference.outside(self.reference, evals[-1]) if self.reference and evals else None
-            self.checked = evals[-1]['iter'] if evals else self.checked
-            if outside:  # the evaluation just drawn is far from what this config's runs reach
-                print(f'warning: {outside}')
-                self.record({'iter': self.checked, 'warning': 'reference', 'message': outside})
+            curves.draw([(self.label, records)], self.plot, ref=reference.beside(self, records))
             self.unplotted = False
         except Exception as e:
             print(f'warning: cannot draw {self.plot} ({type(e).__name__}: {e}); training goes on without it')

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ import torch
 import dataset
 import health
 import machine as machines
+import reference
 import training
 import train
 from configurator import configure
-from helpers import read_metrics, run
+from helpers import read_metrics, run, shakespeare
 from model import GPT, GPTConfig
 
 
@@ -110,7 +112,7 @@ def test_a_plateau_at_the_unigram_entropy_warns(char_data):
     ids = np.fromfile(os.path.join(char_data, 'train.bin'), dtype=np.uint16)
     p = np.bincount(ids) / len(ids)
     entropy = -sum(q * math.log(q) for q in p if q > 0)
-    assert health.unigram_entropy(char_data) == pytest.approx(entropy, rel=1e-9)
+    assert reference.unigram_entropy(char_data) == pytest.approx(entropy, rel=1e-9)
     cfg = {'data_dir': char_data, 'warmup_iters': 2}
     assert warnings_of(steps([entropy * 1.01] * 11), cfg) == [(10, 'plateau')]  # at 10 logged steps
     assert warnings_of(steps([entropy * 0.8] * 11), cfg) == []  # below it
@@ -135,7 +137,6 @@ def test_the_quick_start_matches_its_reference_and_the_band_drawn_is_the_stored_
     """The quick start's settings find references/shakespeare_char_cpu.json (other settings find none); the band
     curves.draw puts behind a run is that file's min-max over the seeds, and plot.py draws it by name."""
     import curves
-    import reference
     ref = reference.load('shakespeare_char_cpu')
     cfg = configure(training.DEFAULTS, ['config/train_shakespeare_char_cpu.py', '--out_dir=elsewhere', '--seed=7'],
                     training.TYPES_OF_NONE)
@@ -159,3 +160,20 @@ def test_the_quick_start_matches_its_reference_and_the_band_drawn_is_the_stored_
     result = run('plot.py', str(out), '--reference=shakespeare_char_cpu', f'--out={tmp_path / "runs.png"}')
     assert result.returncode == 0 and (tmp_path / 'runs.png').exists(), result.stderr
     assert run('plot.py', str(out), '--reference=nothing').stderr.startswith("error: no reference 'nothing'")
+
+
+@pytest.fixture(scope='module')
+def shakespeare_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp('data') / 'shakespeare_char'
+    os.makedirs(path)
+    shutil.copy(shakespeare(), path / 'input.txt')  # offline: the file the download would fetch
+    return path
+
+
+def test_setup_check_passes_here_and_names_the_cause_of_a_sabotaged_run(shakespeare_dir):
+    ok = run('check_setup.py', f'--data_dir={shakespeare_dir}')
+    assert ok.returncode == 0 and ok.stdout.startswith('setup check'), ok.stdout + ok.stderr
+    assert 'FAILED' not in ok.stdout and len(ok.stdout.strip().splitlines()) == 1
+    bad = run('check_setup.py', f'--data_dir={shakespeare_dir}', '--learning_rate=0.2', '--muon_lr=2.0')
+    assert bad.returncode == 1 and bad.stdout.startswith('setup check FAILED'), bad.stdout + bad.stderr
+    assert '--learning_rate=0.2' in bad.stdout and 'likely cause' in bad.stdout
