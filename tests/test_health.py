@@ -177,3 +177,22 @@ def test_setup_check_passes_here_and_names_the_cause_of_a_sabotaged_run(shakespe
     bad = run('check_setup.py', f'--data_dir={shakespeare_dir}', '--learning_rate=0.2', '--muon_lr=2.0')
     assert bad.returncode == 1 and bad.stdout.startswith('setup check FAILED'), bad.stdout + bad.stderr
     assert '--learning_rate=0.2' in bad.stdout and 'likely cause' in bad.stdout
+
+
+def test_the_recorded_normal_runs_of_the_shipped_configs_raise_no_warning(tmp_path):
+    """Every seed's logged steps in references/ (train.py's own runs of the shipped configs) and the reference's
+    evaluations, replayed through the Monitor with the config's settings and data: no warning but throughput
+    (recorded on a machine shared with other jobs)."""
+    import corpus
+    data_dir = str(tmp_path / 'shakespeare_char')
+    corpus.prepare_builtin('shakespeare_char', data_dir, input=shakespeare())
+    replayed = 0
+    for name in reference.names():
+        ref = reference.load(name)
+        cfg = {**configure(training.DEFAULTS, [ref['config']], training.TYPES_OF_NONE), 'data_dir': data_dir}
+        for seed_steps in ref.get('steps', []):
+            evals = [{'iter': p['iter'], 'val_loss': p['val_loss'], 'train_loss': p['val_loss']} for p in ref['points']]
+            records = sorted(seed_steps + evals, key=lambda r: r['iter'])
+            assert {kind for _, kind in warnings_of(records, cfg)} <= {'throughput'}, name
+            replayed += 1
+    assert replayed >= 3
