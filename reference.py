@@ -75,8 +75,9 @@ def band_at(ref, iter_num):
 
 
 def outside(ref, record):
-    """A warning message when the evaluation `record` lies far outside the reference's band, else None."""
-    band = band_at(ref, record['iter']) if record.get('val_loss') is not None else None
+    """A warning message when the evaluation `record` lies far outside the reference's band, else None (and None
+    for a published anchor: a point from another machine, often another data split, is no tolerance band)."""
+    band = band_at(ref, record['iter']) if record.get('val_loss') is not None and not ref.get('anchor') else None
     if band is None:
         return None
     mean, low, high = band
