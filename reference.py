@@ -58,9 +58,11 @@ def beside(log, records):
         if log.reference:
             log.record({'iter': log.iter_start, 'reference': log.reference['name']})
     last = next((r for r in reversed(records) if r.get('val_loss') is not None), None)
-    message = outside(log.reference, last) if log.reference and last and last['iter'] > log.iter_start else None
-    if message and message not in log.monitor.active:  # once per evaluation: a drawing at the end repeats the last
-        log.monitor.active.add(message)
+    if not log.reference or not last or last['iter'] <= getattr(log, 'reference_checked', log.iter_start):
+        return log.reference  # each evaluation once: the drawing at the end repeats the last one
+    log.reference_checked = last['iter']
+    message = outside(log.reference, last)
+    if message:
         print(f'warning: {message}')
         log.record({'iter': last['iter'], 'warning': 'reference', 'message': message})
     return log.reference

@@ -5,7 +5,6 @@ import copy
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -162,14 +161,6 @@ def test_the_quick_start_matches_its_reference_and_the_band_drawn_is_the_stored_
     assert run('plot.py', str(out), '--reference=nothing').stderr.startswith("error: no reference 'nothing'")
 
 
-@pytest.fixture(scope='module')
-def shakespeare_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'shakespeare_char'
-    os.makedirs(path)
-    shutil.copy(shakespeare(), path / 'input.txt')  # offline: the file the download would fetch
-    return path
-
-
 def test_setup_check_passes_here_and_names_the_cause_of_a_sabotaged_run(shakespeare_dir):
     ok = run('check_setup.py', f'--data_dir={shakespeare_dir}')
     assert ok.returncode == 0 and ok.stdout.startswith('setup check'), ok.stdout + ok.stderr
@@ -179,17 +170,23 @@ def test_setup_check_passes_here_and_names_the_cause_of_a_sabotaged_run(shakespe
     assert '--learning_rate=0.2' in bad.stdout and 'likely cause' in bad.stdout
 
 
-def test_the_recorded_normal_runs_of_the_shipped_configs_raise_no_warning(tmp_path):
+@pytest.fixture(scope='module')
+def shakespeare_dir(tmp_path_factory):
+    """Tiny Shakespeare's characters prepared as the quick start's data (from the offline copy)."""
+    import corpus
+    data_dir = str(tmp_path_factory.mktemp('data') / 'shakespeare_char')
+    corpus.prepare_builtin('shakespeare_char', data_dir, input=shakespeare())
+    return data_dir
+
+
+def test_the_recorded_normal_runs_of_the_shipped_configs_raise_no_warning(shakespeare_dir):
     """Every seed's logged steps in references/ (train.py's own runs of the shipped configs) and the reference's
     evaluations, replayed through the Monitor with the config's settings and data: no warning but throughput
     (recorded on a machine shared with other jobs)."""
-    import corpus
-    data_dir = str(tmp_path / 'shakespeare_char')
-    corpus.prepare_builtin('shakespeare_char', data_dir, input=shakespeare())
     replayed = 0
     for name in reference.names():
         ref = reference.load(name)
-        cfg = {**configure(training.DEFAULTS, [ref['config']], training.TYPES_OF_NONE), 'data_dir': data_dir}
+        cfg = {**configure(training.DEFAULTS, [ref['config']], training.TYPES_OF_NONE), 'data_dir': shakespeare_dir}
         for seed_steps in ref.get('steps', []):
             evals = [{'iter': p['iter'], 'val_loss': p['val_loss'], 'train_loss': p['val_loss']} for p in ref['points']]
             records = sorted(seed_steps + evals, key=lambda r: r['iter'])
