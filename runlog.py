@@ -35,6 +35,8 @@ class Log:
             kept = metrics.read_records(path, before=iter_num)
         with atomic_path(path) as tmp, open(tmp, 'w') as f:
             f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
+        for r in kept:  # a resumed run's monitor goes on from the same state as the uninterrupted run's (warned)
+            self.monitor.feed(r)
         self.file = open(path, 'a')
         # tokens are counted on from the checkpoint's count, since a resumed run may take another batch size
         self.tokens_start = next((r['tokens'] for r in kept if r['iter'] == iter_num and 'tokens' in r),
