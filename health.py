@@ -49,7 +49,8 @@ class Monitor:
                               'spikes recur, lower --learning_rate or raise --warmup_iters (and keep --grad_clip)')
         if (m := typical('grad_norm')) and r['grad_norm'] > EXPLODING * m:
             found['gradient'] = (f"gradient norm exploding at iteration {it}: {r['grad_norm']:.3g}, "
-                                 f"{r['grad_norm'] / m:.0f}x the recent median; lower --learning_rate, set --grad_clip=1.0")
+                                 f"{r['grad_norm'] / m:.0f}x the recent median; lower --learning_rate, "
+                                 'set --grad_clip=1.0')
         if (m := typical('tokens_per_s')) and r['tokens_per_s'] < m / SLOWER:
             found['throughput'] = (f"throughput fell at iteration {it} to {r['tokens_per_s']:,.0f} tokens/s, "
                                    f"{m / r['tokens_per_s']:.1f}x below the recent median: another job on the machine, "

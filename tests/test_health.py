@@ -49,7 +49,8 @@ def test_grad_norm_and_update_ratios_equal_a_hand_computation(char_data, grad_cl
     assert grad_norm.item() == pytest.approx(hand_norm, rel=1e-5)
     assert len(ratios) == len(optimizer.param_groups) == 2
     for ratio, old, group in zip(ratios, before, optimizer.param_groups):
-        change = math.sqrt(sum((p.detach().double() - w.double()).pow(2).sum().item() for p, w in zip(group['params'], old)))
+        change = math.sqrt(sum((p.detach().double() - w.double()).pow(2).sum().item()
+                               for p, w in zip(group['params'], old)))
         assert ratio == pytest.approx(change / math.sqrt(sum(w.double().pow(2).sum().item() for w in old)), rel=1e-4)
         assert ratio > 0
     _, _, ratios = training.train_step(model, optimizer, scaler, batches, 4, cfg, machine)
@@ -60,7 +61,8 @@ def test_health_fields_in_metrics_of_a_run(char_data, tmp_path):
     """A train.py run (a subprocess) writes the health fields at every logged step: all steps clipped at a tiny
     grad_clip, none without clipping."""
     common = ['--device=cpu', '--compile=False', f'--data_dir={char_data}', '--dataset=tiny', '--n_layer=1',
-              '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=1', '--max_iters=6',
+              '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=2', '--gradient_accumulation_steps=1',
+              '--eval_iters=1', '--max_iters=6',
               '--eval_interval=6', '--log_interval=3', '--warmup_iters=0', '--lr_decay_iters=6']
     result = run('train.py', *common, f'--out_dir={tmp_path / "a"}', '--grad_clip=1e-6')
     assert result.returncode == 0, result.stderr
@@ -142,7 +144,8 @@ def test_the_quick_start_matches_its_reference_and_the_band_drawn_is_the_stored_
     assert reference.find(cfg)['name'] == 'shakespeare_char_cpu'
     assert reference.find(cfg.replace(learning_rate=1e-2)) is None
     assert reference.find(configure(training.DEFAULTS, [], training.TYPES_OF_NONE)) is None
-    records = [{'iter': p['iter'], 'val_loss': p['val_loss'] + 0.01, 'train_loss': p['val_loss']} for p in ref['points']]
+    records = [{'iter': p['iter'], 'val_loss': p['val_loss'] + 0.01, 'train_loss': p['val_loss']}
+               for p in ref['points']]
     fig = curves.draw([('run', records)], str(tmp_path / 'loss.png'), ref=ref)
     polygon = fig.axes[0].collections[0].get_paths()[0].vertices
     points = ref['points']
