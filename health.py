@@ -19,8 +19,11 @@ NEAR_ENTROPY = 1.0  # 10 logged losses above this fraction of the unigram entrop
 
 
 class Monitor:
-    def __init__(self, cfg):
-        self.cfg, self.steps, self.evals, self.active, self.entropy = cfg, [], [], set(), None
+    """cfg: train.py's settings; entropy: the training data's unigram entropy if known, else read from cfg's data_dir
+    when first needed."""
+
+    def __init__(self, cfg, entropy=None):
+        self.cfg, self.steps, self.evals, self.active, self.entropy = cfg, [], [], set(), entropy
 
     def feed(self, r):
         """The warnings (kind, message) that the record r starts."""
@@ -56,9 +59,11 @@ class Monitor:
                                    f"{m / r['tokens_per_s']:.1f}x below the recent median: another job on the machine, "
                                    'a throttled or swapping machine, or a slow data disk?')
         last = [s['loss'] for s in self.steps[-(2 * MIN_WINDOW - 1):]] + [loss]  # two windows: is it still falling?
-        if len(last) == 2 * MIN_WINDOW and it >= 2 * self.cfg.get('warmup_iters', 0) and self.cfg.get('data_dir'):
-            import reference  # a run of 10 logged steps after its warmup reads train.bin once
-            self.entropy = self.entropy or reference.unigram_entropy(self.cfg['data_dir'])
+        after_warmup = len(last) == 2 * MIN_WINDOW and it >= 2 * self.cfg.get('warmup_iters', 0)
+        if after_warmup and (self.entropy or self.cfg.get('data_dir')):
+            if self.entropy is None:
+                import reference  # train.bin read once, by a run of 10 logged steps past twice its warmup
+                self.entropy = reference.unigram_entropy(self.cfg['data_dir'])
             if min(last) >= NEAR_ENTROPY * self.entropy and sum(last[MIN_WINDOW:]) > sum(last[:MIN_WINDOW]) - 0.05:
                 found['plateau'] = (f'the loss ({loss:.3f}) has stayed at or above the unigram entropy of the '
                                     f'training data ({self.entropy:.3f}): the model learns no more than token '

@@ -50,22 +50,17 @@ def find(cfg):
     return None
 
 
-def beside(log, records):
-    """The reference drawn behind a run (runlog.Log, found once: its name recorded for plot.py) and the warning when
-    the run's last evaluation lies far outside its band, printed and recorded by the Log."""
+def check(log, record):
+    """At a run's evaluations (runlog.Log): its reference, found at the first (its name recorded for plot.py), and
+    the warning when the evaluation `record` lies far outside the reference's band, printed and recorded."""
     if log.reference is None:
         log.reference = find(log.cfg) or {}
-        if log.reference:
-            log.record({'iter': log.iter_start, 'reference': log.reference['name']})
-    last = next((r for r in reversed(records) if r.get('val_loss') is not None), None)
-    if not log.reference or not last or last['iter'] <= getattr(log, 'reference_checked', log.iter_start):
-        return log.reference  # each evaluation once: the drawing at the end repeats the last one
-    log.reference_checked = last['iter']
-    message = outside(log.reference, last)
+        if log.reference and log.iter_start == 0:  # a resumed run keeps the record of its start
+            log.record({'iter': 0, 'reference': log.reference['name']})
+    message = outside(log.reference, record) if log.reference else None
     if message:
         print(f'warning: {message}')
-        log.record({'iter': last['iter'], 'warning': 'reference', 'message': message})
-    return log.reference
+        log.record({'iter': record['iter'], 'warning': 'reference', 'message': message})
 
 
 def band_at(ref, iter_num):

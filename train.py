@@ -179,6 +179,7 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
             mfu = raw_model.estimate_mfu(sequences, dt, machine.peak_flops) \
                 if machine.peak_flops and iter_num - start_iter >= 5 else None  # after allocation and compilation
             log.step(iter_num, lossf, lr, dt, mfu, eta, health)
+            t0 = time.time()  # the log's time (loss.png drawn after an evaluation) is not the next iteration's
     if machine.master:
         peak = machine.peak_memory_text()
         print(f'done in {format_seconds(time.time() - t_start)}; best val loss {best_val_loss:.4f}'

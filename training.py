@@ -98,24 +98,12 @@ def setting_problems(cfg, keys=None):
 
 
 def configure_optimizer(model, cfg, machine):
-    """nanoGPT's AdamW (weight decay on 2-D tensors only), or Muon for the 2-D weights inside the blocks and AdamW
-    for the rest. Chosen by name and shape, so that a wrapped model (compiled, DDP, FSDP) is split the same way."""
+    """nanoGPT's AdamW (weight decay on 2-D tensors only), or Muon for the matrices in the blocks (muon.py)."""
+    if cfg['optimizer'] == 'muon':
+        import muon  # read by Muon runs only
+        return muon.configure(model, cfg, machine)
     betas = (cfg['beta1'], cfg['beta2'])
-    if cfg['optimizer'] == 'adamw':
-        return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
-    from muon import MuonAdamW  # read by Muon runs only
-    matrices, others = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
-    # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
-    ns_dtype = torch.bfloat16 if machine.native_bf16 else torch.float32
-    return MuonAdamW([
-        {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
-         'weight_decay': cfg['muon_weight_decay']},
-        {'params': [p for p in others if p.dim() >= 2], 'lr': cfg['learning_rate'], 'weight_decay': cfg['weight_decay']},
-        {'params': [p for p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
-    ], betas=betas, ns_dtype=ns_dtype)
+    return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
 
 
 class Schedule:

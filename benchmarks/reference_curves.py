@@ -1,12 +1,16 @@
 """
 Record the reference curves of shipped configs on this machine (issue 25): the config run with several seeds,
-evaluating every --eval_interval iterations (evaluation draws no training batches: the training is the config's),
-into references/<config name>.json: the val loss band (mean, min, max over the seeds) and val bits per byte at
-each evaluation, the seconds per iteration, each seed's logged steps (for replaying a normal run), the settings a
-run must share to be matched with it, and where it comes from (hardware, torch, date).
+evaluating every --eval_interval iterations and logging every --log_interval (neither draws training batches: the
+training is the config's), into references/<name of the last config>.json: the val loss band (mean, min, max over
+the seeds) and val bits per byte at each evaluation, the seconds per iteration, each seed's logged steps (replayed
+by the tests: a normal run raises no warning), the settings a run must share to be matched with it, and where it
+comes from (hardware, torch, date).
 
     python benchmarks/reference_curves.py config/train_shakespeare_char_cpu.py --seeds=3 --eval_interval=50
-    python benchmarks/reference_curves.py config/train_shakespeare_char_gpt2_cpu.py --seeds=3 --eval_interval=250
+    python benchmarks/reference_curves.py config/train_shakespeare_char_cpu.py config/train_shakespeare_bpe_cpu.py \
+        --seeds=3 --eval_interval=25
+
+Config files apply in order, as train.py's do (the BPE one changes the quick start's data and length).
 """
 
 import datetime
@@ -21,26 +25,26 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root
 sys.path.insert(0, ROOT)
 
+import dataset  # noqa: E402
 import reference  # noqa: E402
 import training  # noqa: E402
 from configurator import cli, configure  # noqa: E402
 
-DEFAULTS = {'seeds': 3, 'eval_interval': 50, 'hardware': '', 'out': ''}
+DEFAULTS = {'seeds': 3, 'eval_interval': 50, 'log_interval': 5, 'hardware': '', 'out': ''}
 
 
 def main():
     configs = [a for a in sys.argv[1:] if not a.startswith('--')]
     opts = configure(DEFAULTS, [a for a in sys.argv[1:] if a.startswith('--')])
-    if len(configs) != 1:
-        raise ValueError('give one config file: python benchmarks/reference_curves.py config/NAME.py --seeds=3')
-    config = configs[0]
-    settings = configure(training.DEFAULTS, [config], training.TYPES_OF_NONE)
+    if not configs:
+        raise ValueError('give a config file: python benchmarks/reference_curves.py config/NAME.py --seeds=3')
+    settings = configure(training.DEFAULTS, configs, training.TYPES_OF_NONE)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(opts['seeds']):
             out_dir = os.path.join(tmp, f'seed{seed}')
-            command = [sys.executable, 'train.py', config, f'--seed={seed}', f'--out_dir={out_dir}',
-                       f"--eval_interval={opts['eval_interval']}"]
+            command = [sys.executable, 'train.py', *configs, f'--seed={seed}', f'--out_dir={out_dir}',
+                       f"--eval_interval={opts['eval_interval']}", f"--log_interval={opts['log_interval']}"]
             print(' '.join(command[1:]), flush=True)
             subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
@@ -55,15 +59,19 @@ def main():
             point['val_bpb'] = statistics.mean(r['val_bpb'] for r in at)
         points.append(point)
     ms = statistics.median(r['ms'] for records in runs for r in records[5:] if 'ms' in r)
-    name = os.path.splitext(os.path.basename(config))[0].removeprefix('train_')
+    name = os.path.splitext(os.path.basename(configs[-1]))[0].removeprefix('train_')
+    config = ' '.join(os.path.relpath(os.path.abspath(c), ROOT) for c in configs)
     import torch
     result = {
-        'name': name, 'config': os.path.relpath(os.path.abspath(config), ROOT),
+        'name': name, 'config': config,  # the config files, in order, separated by spaces
         'source': f'this project: benchmarks/reference_curves.py {config} --seeds={opts["seeds"]} '
-                  f'--eval_interval={opts["eval_interval"]}',
+                  f'--eval_interval={opts["eval_interval"]} --log_interval={opts["log_interval"]}',
         'hardware': opts['hardware'] or f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores',
         'torch': torch.__version__, 'date': datetime.date.today().isoformat(), 'seeds': opts['seeds'],
         'match': reference.match_keys(settings), 'ms_per_iter': ms, 'points': points,
+        # of train.bin (nats per token): replaying the steps for the plateau warning needs no data then
+        'unigram_entropy': reference.unigram_entropy(os.path.join(ROOT, dataset.folder(settings['dataset'],
+                                                                                       settings['data_dir']))),
         'steps': [[{k: r[k] for k in ('iter', 'loss', 'grad_norm', 'tokens_per_s') if k in r}
                    for r in records if 'loss' in r] for records in runs],
     }
