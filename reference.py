@@ -14,8 +14,6 @@ import os
 
 import numpy as np
 
-import dataset
-
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'references')
 # what a run may change and still be compared with the reference: where it writes and how often it reports
 UNMATCHED = {'out_dir', 'eval_interval', 'eval_iters', 'log_interval', 'always_save_checkpoint', 'wandb_log',
@@ -88,6 +86,7 @@ def outside(ref, record):
 def unigram_entropy(data_dir, samples=64, length=1 << 16):
     """The entropy (nats per token) of the token frequencies in train.bin, from `samples` stretches spread over it:
     the loss of a model that learns frequencies only."""
+    import dataset  # here: plot.py, which reads references too, starts without torch
     data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=dataset.token_dtype(dataset.load_meta(data_dir)),
                      mode='r')
     sample = data[:] if len(data) <= samples * length else np.concatenate(
