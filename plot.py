@@ -12,8 +12,8 @@ iter (the default), tokens (the training tokens seen, which train.py records) or
 evaluations left out). --y is loss (the default) or bpb (the evaluations' val bits per byte, which compare
 runs whose tokenizers differ, where a loss per token does not). --reference=NAME draws the band of
 references/NAME.json behind the runs; by default the one train.py matched with the first run's settings (see
-reference.py), none with --reference=none. --out (default runs.png) is written atomically; its extension picks the format (.png, .svg,
-.pdf). train.py draws each run's own out_dir/loss.png the same way.
+reference.py), none with --reference=none. --out (default runs.png) is written atomically; its extension picks
+the format (.png, .svg, .pdf). train.py draws each run's own out_dir/loss.png the same way.
 """
 
 import os
