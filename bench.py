@@ -231,7 +231,7 @@ def bench(cfg, machine):
     train_model = torch.compile(model) if machine.compile else model
 
     def step(iter_num):
-        return train_step(train_model, optimizer, scaler, batches, iter_num, cfg, machine)
+        return train_step(train_model, optimizer, scaler, batches, iter_num, cfg, machine)[0]  # the loss
 
     result['train'] = measure_training(model, step, machine, cfg)
     result['memory'] = machine.peak_memory()  # after training: the model, its optimizer state and a step's activations

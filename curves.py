@@ -66,9 +66,20 @@ def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def draw(runs, path, x='iter', y='loss'):
+def band(ref, x='iter', y='loss'):
+    """A reference's (reference.py) points to draw: xs, lows, means, highs of its val loss (or val bpb, a line) at
+    each of its evaluations; a published anchor is a point whose low and high are its value."""
+    key = 'val_loss' if y == 'loss' else 'val_bpb'
+    points = [p for p in ref.get('points', []) if is_number(p.get(x)) and is_number(p.get(key))]
+    lows = [p.get(f'{key}_min', p[key]) for p in points]
+    highs = [p.get(f'{key}_max', p[key]) for p in points]
+    return [p[x] for p in points], lows, [p[key] for p in points], highs
+
+
+def draw(runs, path, x='iter', y='loss', ref=None):
     """Draw runs, a list of (label, records), one color each, y ('loss' or 'bpb') against x, into the image file
-    `path`, written atomically (PNG; the format follows the extension, so .svg and .pdf work too)."""
+    `path`, written atomically (PNG; the format follows the extension, so .svg and .pdf work too); behind them
+    the band of the reference `ref` (reference.py), if given. Returns the Figure."""
     ylabel, styles = YS[y]
     drawn = [(label, series(records, x)) for label, records in runs]
     hellaswag = any('hellaswag_acc_norm' in s for _, s in drawn)
@@ -76,6 +87,10 @@ def draw(runs, path, x='iter', y='loss'):
     FigureCanvasAgg(fig)
     axes = fig.subplots(3 if hellaswag else 2, 1, sharex=True, height_ratios=[3, 1, 1] if hellaswag else [3, 1])
     loss_ax, lr_ax = axes[0], axes[1]
+    xs, lows, means, highs = band(ref, x, y) if ref else ([], [], [], [])
+    if xs:  # behind the runs: the min-max band over the reference's seeds, its mean dotted
+        loss_ax.fill_between(xs, lows, highs, color='gray', alpha=0.25, linewidth=0, zorder=0)
+        loss_ax.plot(xs, means, color='gray', linestyle=':', marker='.' if len(xs) < 3 else None, zorder=0)
     for i, (label, s) in enumerate(drawn):
         color = f'C{i % 10}'
         for key, (style, _) in styles.items():
@@ -88,7 +103,9 @@ def draw(runs, path, x='iter', y='loss'):
     shown = [key for key in styles if any(key in s for _, s in drawn)]
     handles = [Line2D([], [], color=f'C{i % 10}', linewidth=3) for i in range(len(drawn))]
     handles += [Line2D([], [], color='gray', **styles[key][0]) for key in shown]
-    loss_ax.legend(handles, [label for label, _ in drawn] + [styles[key][1] for key in shown],
+    references = [f"reference: {ref['name']}"] if xs else []
+    handles += [Line2D([], [], color='gray', linewidth=6, alpha=0.4)] if xs else []
+    loss_ax.legend(handles, [label for label, _ in drawn] + [styles[key][1] for key in shown] + references,
                    loc='upper right', fontsize='small')  # losses fall: that corner is free, and 'best' is slow
     losses = [v for _, s in drawn for key in styles if key in s for v in s[key][1] if v > 0]
     if losses and max(losses) >= 2 * min(losses):  # a fall by half or more: the late, small gains stay visible
@@ -111,3 +128,4 @@ def draw(runs, path, x='iter', y='loss'):
         ax.grid(True, which='major', alpha=0.3)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=os.path.splitext(path)[1][1:].lower() or 'png', dpi=100)
+    return fig

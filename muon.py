@@ -3,6 +3,7 @@ Muon for the weight matrices inside the transformer blocks, AdamW for everything
 
     optimizer = MuonAdamW([{'params': matrices, 'muon': True, 'lr': 0.02},
                            {'params': others, 'muon': False, 'lr': 6e-4, 'weight_decay': 0.1}])
+    optimizer = muon.configure(model, cfg, machine)   # train.py's split (training.configure_optimizer)
 
 Muon (Keller Jordan, https://kellerjordan.github.io/posts/muon/) replaces the Nesterov momentum of a matrix's
 gradient by the nearest semi-orthogonal matrix (Newton-Schulz): every direction moves alike, however small its
@@ -32,6 +33,24 @@ def orthogonalize(G, steps=5, dtype=torch.bfloat16):
         B = torch.addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2, in one kernel
         X = torch.addmm(X, B, X, beta=a)  # a X + B X
     return X.T if tall else X
+
+
+def configure(model, cfg, machine):
+    """Muon for the 2-D weights inside the blocks, AdamW for the rest (weight decay on its 2-D tensors only), with
+    train.py's settings. Chosen by name and shape: a wrapped model (compiled, DDP, FSDP) is split the same way."""
+    matrices, others = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
+    # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
+    ns_dtype = torch.bfloat16 if machine.native_bf16 else torch.float32
+    return MuonAdamW([
+        {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
+         'weight_decay': cfg['muon_weight_decay']},
+        {'params': [p for p in others if p.dim() >= 2], 'lr': cfg['learning_rate'],
+         'weight_decay': cfg['weight_decay']},
+        {'params': [p for p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
+    ], betas=(cfg['beta1'], cfg['beta2']), ns_dtype=ns_dtype)
 
 
 class MuonAdamW(torch.optim.Optimizer):

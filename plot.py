@@ -10,14 +10,17 @@ HellaSwag (when logged) of each run, one color per run, labeled by its folder as
 Each OUT_DIR is a train.py out_dir; its metrics.jsonl is read as it is, so a run in progress can be drawn. --x is
 iter (the default), tokens (the training tokens seen, which train.py records) or seconds (the training time, the
 evaluations left out). --y is loss (the default) or bpb (the evaluations' val bits per byte, which compare
-runs whose tokenizers differ, where a loss per token does not). --out (default runs.png) is written atomically; its extension picks the format (.png, .svg,
-.pdf). train.py draws each run's own out_dir/loss.png the same way.
+runs whose tokenizers differ, where a loss per token does not). --reference=NAME draws the band of
+references/NAME.json behind the runs; by default the one train.py matched with the first run's settings (see
+reference.py), none with --reference=none. --out (default runs.png) is written atomically; its extension picks
+the format (.png, .svg, .pdf). train.py draws each run's own out_dir/loss.png the same way.
 """
 
 import os
 import sys
 
 import curves
+import reference
 from configurator import cli, configure
 from metrics import read_records
 
@@ -25,6 +28,7 @@ DEFAULTS = {
     'out': 'runs.png',  # the picture to write
     'x': 'iter',  # iter, tokens or seconds
     'y': 'loss',  # loss or bpb
+    'reference': '',  # the reference band to draw (references/NAME.json); '': the one train.py matched, 'none'
 }
 
 
@@ -55,7 +59,10 @@ def main():
             hint = ' (no record has "tokens": an older train.py wrote it; use --x=iter)' if config['x'] == 'tokens' else ''
             raise ValueError(f"{path} has nothing to draw against --x={config['x']}{hint}")
         runs.append((os.path.normpath(folder), records))
-    curves.draw(runs, config['out'], config['x'], config['y'])
+    name = config['reference'] or next((r['reference'] for _, records in runs for r in records if 'reference' in r),
+                                       'none')
+    ref = None if name == 'none' or config['x'] == 'seconds' else reference.load(name)
+    curves.draw(runs, config['out'], config['x'], config['y'], ref)
     print(f"wrote {config['out']}: {len(runs)} run{'s' * (len(runs) > 1)} against {config['x']}"
           + (', val bits per byte' if config['y'] == 'bpb' else ''))
 

@@ -124,7 +124,7 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
     if machine.world_size > 1 and not is_sharded(model):
         model = DDP(model, device_ids=[machine.local_rank] if machine.device_type == 'cuda' else None)
     schedule = Schedule(cfg)
-    start_iter, losses_logged, save_due, stopping = iter_num, [], False, False
+    start_iter, losses_logged, save_due, stopping, clipped, logged_at = iter_num, [], False, False, 0, iter_num
     t_start = t0 = t_saved = time.time()
     while True:
         evaluated = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only
@@ -154,26 +154,32 @@ def train_loop(model, optimizer, scaler, batches, cfg, machine, log, iter_num, b
         if evaluated:
             t0 = time.time()  # the evaluations' time is not the next iteration's
         lr = schedule.apply(optimizer, iter_num)
-        loss = train_step(model, optimizer, scaler, batches, iter_num, cfg, machine)
+        log_due = (iter_num + 1) % cfg.log_interval == 0
+        loss, grad_norm, update_ratios = train_step(model, optimizer, scaler, batches, iter_num, cfg, machine, log_due)
         # the loss's all_reduce carries a stop signal or a due time-based save of any process: all act together
         flags = [bool(stop), 0 < cfg.checkpoint_interval_minutes * 60 < time.time() - t_saved]
-        summed = torch.cat([loss.view(1), loss.new_tensor(flags)])
+        summed = torch.cat([loss.view(1), grad_norm.view(1).to(loss.dtype), loss.new_tensor(flags)])
         if machine.world_size > 1:
             torch.distributed.all_reduce(summed)
-        loss_sum, stopping, save_due = summed.tolist()  # once per step: cheap, and it catches a diverging run at once
-        lossf = loss_sum / machine.world_size
+        loss_sum, norm_sum, stopping, save_due = summed.tolist()  # once per step: it catches a diverging run at once
+        lossf, grad_normf = loss_sum / machine.world_size, norm_sum / machine.world_size  # the norm: the same on each
+        clipped += grad_normf > cfg.grad_clip > 0
         if not math.isfinite(lossf):
             raise not_finite(iter_num, cfg, 'the training loss')
         t1 = time.time()
         dt, t0 = t1 - t0, t1
         iter_num += 1
-        if iter_num % cfg.log_interval == 0:
+        if log_due:
             losses_logged.append(lossf)
+            health = {'grad_norm': grad_normf, 'clipped': clipped / (iter_num - logged_at),
+                      **{f'update_ratio_{i}': r for i, r in enumerate(update_ratios or [])}}
+            clipped, logged_at = 0, iter_num
             eta = (time.time() - t_start) / (iter_num - start_iter) * (cfg.max_iters - iter_num)
             sequences = cfg.batch_size * cfg.gradient_accumulation_steps // machine.world_size
             mfu = raw_model.estimate_mfu(sequences, dt, machine.peak_flops) \
                 if machine.peak_flops and iter_num - start_iter >= 5 else None  # after allocation and compilation
-            log.step(iter_num, lossf, lr, dt, mfu, eta)
+            log.step(iter_num, lossf, lr, dt, mfu, eta, health)
+            t0 = time.time()  # the log's time (loss.png drawn after an evaluation) is not the next iteration's
     if machine.master:
         peak = machine.peak_memory_text()
         print(f'done in {format_seconds(time.time() - t_start)}; best val loss {best_val_loss:.4f}'

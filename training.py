@@ -104,24 +104,12 @@ def setting_problems(cfg, keys=None):
 
 
 def configure_optimizer(model, cfg, machine):
-    """nanoGPT's AdamW (weight decay on 2-D tensors only), or Muon for the 2-D weights inside the blocks and AdamW
-    for the rest. Chosen by name and shape, so that a wrapped model (compiled, DDP, FSDP) is split the same way."""
+    """nanoGPT's AdamW (weight decay on 2-D tensors only), or Muon for the matrices in the blocks (muon.py)."""
+    if cfg['optimizer'] == 'muon':
+        import muon  # read by Muon runs only
+        return muon.configure(model, cfg, machine)
     betas = (cfg['beta1'], cfg['beta2'])
-    if cfg['optimizer'] == 'adamw':
-        return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
-    from muon import MuonAdamW  # read by Muon runs only
-    matrices, others = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (matrices if 'transformer.h.' in name and p.dim() == 2 else others).append(p)
-    # Newton-Schulz in bf16 where the device multiplies it natively (Keller Jordan's choice), else fp32
-    ns_dtype = torch.bfloat16 if machine.native_bf16 else torch.float32
-    return MuonAdamW([
-        {'params': matrices, 'muon': True, 'lr': cfg['muon_lr'], 'momentum': cfg['muon_momentum'],
-         'weight_decay': cfg['muon_weight_decay']},
-        {'params': [p for p in others if p.dim() >= 2], 'lr': cfg['learning_rate'], 'weight_decay': cfg['weight_decay']},
-        {'params': [p for p in others if p.dim() < 2], 'lr': cfg['learning_rate'], 'weight_decay': 0.0},
-    ], betas=betas, ns_dtype=ns_dtype)
+    return model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], betas, machine.device_type)
 
 
 class Schedule:
@@ -164,9 +152,11 @@ def is_sharded(model):
     return isinstance(getattr(model, '_orig_mod', model), FSDPModule)
 
 
-def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
+def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine, measure_updates=False):
     """One optimizer step: this process's micro-steps of forward and backward, clip, step, zero_grad; returns its
-    mean loss. Micro-steps are numbered over all processes: the batches do not depend on the process count."""
+    mean loss, the gradient norm before clipping and, if measure_updates (not under FSDP), each param group's update
+    to weight ratio (else None). Micro-steps are numbered over all processes: the batches do not depend on the
+    process count."""
     micro_steps = cfg['gradient_accumulation_steps'] // machine.world_size
     answers = batches.answer_tokens(iter_num, cfg['gradient_accumulation_steps'])  # chat data's; None: all count
     loss_sum = torch.zeros((), device=machine.device)
@@ -186,13 +176,22 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine):
                 loss = loss * ((y != -1).sum() * machine.world_size / answers)
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
-    if cfg['grad_clip'] != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+    scaler.unscale_(optimizer)  # the norm of the true gradients (a no-op unless float16); grad_clip 0: not clipped
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
+    grad_norm = grad_norm.full_tensor() if is_sharded(model) else grad_norm  # FSDP: each process holds a part
+    weights = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups] \
+        if measure_updates and not is_sharded(model) else None  # a copy while the activations' memory is free
     scaler.step(optimizer)  # the GradScaler does nothing unless float16
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum
+    ratios = weights and [update_ratio(before, g['params']) for before, g in zip(weights, optimizer.param_groups)]
+    return loss_sum, grad_norm, ratios
+
+
+def update_ratio(before, params):
+    """The norm of a param group's change in this step over the norm of its weights before it (all tensors as one)."""
+    change = torch.stack([(p.detach() - w).float().norm() for p, w in zip(params, before)]).norm()
+    return (change / torch.stack([w.float().norm() for w in before]).norm()).item() if before else None
 
 
 @contextmanager

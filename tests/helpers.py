@@ -237,8 +237,10 @@ def read_metrics(out_dir):
 
 
 def without_timings(records):
-    """What a run computed: its records less the times (ms, and the mfu computed from them)."""
-    return [{k: v for k, v in r.items() if k not in ('ms', 'mfu')} for r in records]
+    """What a run computed: its records less the times (ms, and the mfu and tokens/s computed from them) and the
+    warnings about them (throughput)."""
+    return [{k: v for k, v in r.items() if k not in ('ms', 'mfu', 'tokens_per_s')} for r in records
+            if r.get('warning') != 'throughput']
 
 
 def copy_checkpoint(src_dir, dst_dir, edit):

@@ -127,9 +127,9 @@ def test_loss_png_is_redrawn_after_each_evaluation_and_at_the_end(char_data, tmp
     drawings = []  # the records each drawing of loss.png showed
     real_draw = curves.draw
 
-    def recording_draw(runs, path, x='iter'):
+    def recording_draw(runs, path, x='iter', y='loss', ref=None):
         drawings.append(copy.deepcopy(runs[0][1]))
-        real_draw(runs, path, x)
+        real_draw(runs, path, x, y, ref)
     monkeypatch.setattr(curves, 'draw', recording_draw)
     argv = [*TINY, f'--data_dir={char_data}', '--max_iters=5', '--eval_interval=2']
     train.main([*argv, f'--out_dir={tmp_path / "a"}'])
