@@ -190,8 +190,10 @@ def train_step(model, optimizer, scaler, batches, iter_num, cfg, machine, measur
 
 def update_ratio(before, params):
     """The norm of a param group's change in this step over the norm of its weights before it (all tensors as one)."""
+    if not before:  # an empty group (LoRA's: its adapters are all matrices)
+        return None
     change = torch.stack([(p.detach() - w).float().norm() for p, w in zip(params, before)]).norm()
-    return (change / torch.stack([w.float().norm() for w in before]).norm()).item() if before else None
+    return (change / torch.stack([w.float().norm() for w in before]).norm()).item()
 
 
 @contextmanager

@@ -154,6 +154,27 @@ def test_sample_and_evaluate_read_a_lora_checkpoint(runs, char_data):
     assert len(sampled.stdout) > 8
 
 
+def test_a_trained_lora_run_exports_merged_and_as_a_peft_adapter(runs, base, tmp_path):
+    """train.py's LoRA checkpoint through export.py, as a user runs it: the merged folder and the PEFT adapter on
+    the base folder (peft onto transformers) give the same logits, which are our merged checkpoint's."""
+    transformers = pytest.importorskip('transformers')
+    peft = pytest.importorskip('peft')
+    merged, adapter = tmp_path / 'merged', tmp_path / 'adapter'
+    results = run_all(('export.py', f"--out_dir={runs['one']}", f'--to={merged}'),
+                      ('export.py', f"--out_dir={runs['one']}", f'--to={adapter}', '--adapter=True'))
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    ours, _ = checkpoint.load_model('resume', str(runs['one']))
+    idx = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(idx, targets=idx)[0]
+        from_merged = transformers.AutoModelForCausalLM.from_pretrained(merged)(idx).logits
+        with_adapter = peft.PeftModel.from_pretrained(
+            transformers.AutoModelForCausalLM.from_pretrained(base), adapter)(idx).logits
+    torch.testing.assert_close(from_merged, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_adapter, expected, rtol=0, atol=1e-5)
+
+
 def test_another_base_is_one_line(runs, base, char_data, tmp_path):
     """The base folder changed (one weight) under a LoRA checkpoint: resuming and loading it (sample.py, as
     evaluate.py and serve.py do) fail in one line naming the fingerprint; the checkpoint stays as it was."""

@@ -272,7 +272,7 @@ def test_lora_activation_formula_is_what_autograd_keeps(targets, dropout):
     adapter reads it too; each adapter adds its A x (and with dropout its mask)."""
     gpt2_like = dict(n_head=4, n_embd=64)
     config = GPTConfig(n_layer=2, block_size=16, vocab_size=64, **gpt2_like)
-    cfg = {**sizing.LORA_DEFAULTS, **training.DEFAULTS, 'lora_rank': 4, 'lora_dropout': dropout,
+    cfg = {**training.DEFAULTS, 'lora_rank': 4, 'lora_dropout': dropout,
            'lora_targets': ','.join(targets)}
     formula = sizing.lora_report(config, cfg, sizing.activation_report(config, 1))['per_token_layer']
     norm_statistics = 2 * 8  # as for full training: the LayerNorms' mean and 1/std, left out
