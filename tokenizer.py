@@ -44,9 +44,10 @@ DEFAULT_EOS_TOKEN = '<|endoftext|>'  # its eos_token where the tokenizer names n
 class Tokenizer:
     """encode(str) -> list[int] and decode(list[int]) -> str for a dataset's meta (None means GPT-2 BPE).
     vocab_size is the number of ids it can decode: a model's vocabulary may be larger (GPT-2's padded 50304).
-    Neither adds a BOS, has a chat template or ends generation (nanoGPT samples through <|endoftext|>)."""
+    Neither adds a BOS; only the data of a chat preparation (prepare.py --format=chat) has a chat template, the
+    one it was rendered with, and with tiktoken it ends generation at <|endoftext|> (else nanoGPT's: it does not)."""
 
-    stop_ids, chat_template = (), None
+    stop_ids = ()
 
     def __init__(self, meta=None):
         self.fingerprint = dataset.fingerprint(meta)
@@ -62,6 +63,9 @@ class Tokenizer:
             except ValueError:
                 raise ValueError(f'unknown tokenizer {self.name!r} in meta.pkl: it is not a tiktoken encoding') from None
             self.vocab_size = self.enc.n_vocab
+        self.chat_template = meta.get('chat_template')  # DEFAULT_CHAT_TEMPLATE: the assistant's turn ends with EOS
+        if self.chat_template and self.name != 'char':
+            self.stop_ids = (self.enc.eot_token,)
 
     def encode(self, text, bos=True):  # bos: for the interface's sake, there is none to add
         if self.name == 'char':
@@ -78,8 +82,12 @@ class Tokenizer:
         return self.enc.decode(ids)
 
     def render_chat(self, messages, add_generation_prompt=True):
-        raise ValueError(f'the {self.name} tokenizer has no chat template: chat needs a model whose folder has a '
-                         'tokenizer.json and a chat template (tokenizer_config.json or chat_template.jinja)')
+        if self.chat_template is None:
+            raise ValueError(f'the {self.name} tokenizer has no chat template: chat needs a model whose folder has a '
+                             'tokenizer.json and a chat template (tokenizer_config.json or chat_template.jinja), or '
+                             'one finetuned on data of prepare.py --format=chat')
+        return render_template(self.chat_template, messages, add_generation_prompt,
+                               {'eos_token': DEFAULT_EOS_TOKEN}, 'the chat template of the dataset')
 
 
 class HFTokenizer:

@@ -333,3 +333,23 @@ def test_each_bad_line_is_a_one_line_error_with_its_number(words, tmp_path):
     for kind, result in zip(kinds, results):
         assert_one_line_error(result, f'{sources[kind]} line 4', BAD_LINES[kind][1])
     assert {name: (data / name).read_bytes() for name in files_under(data)} == before
+
+
+def test_a_model_finetuned_on_default_template_data_chats(tmp_path):
+    """A char model trained on chat data prepared with the default template (no tokenizer of its own has one)
+    chats with that template: sample.py --chat=True renders --start as the dataset's conversations were, and the
+    terminal chat (no --start) answers a turn and ends at /exit."""
+    source = write_jsonl(tmp_path / 'chat.jsonl', [{'prompt': 'Hi', 'completion': 'Yo'}] * 8)
+    ok(run('prepare.py', source, '--format=chat', f'--out_dir={tmp_path / "data"}', '--tokenizer=char',
+           '--block_size=40'))
+    ok(run('train.py', *train_args(tmp_path / 'data', tmp_path / 'out', '--block_size=40', '--max_iters=4')))
+    once, chat = run_all(
+        ('sample.py', f"--out_dir={tmp_path / 'out'}", '--device=cpu', '--chat=True', '--start=Hi',
+         '--num_samples=1', '--max_new_tokens=3', '--temperature=0'),
+        ('-c', 'import subprocess, sys; sys.exit(subprocess.run([sys.executable, "sample.py", *sys.argv[1:]], '
+               'input="Hi\\n/exit\\n", text=True).returncode)',
+         f"--out_dir={tmp_path / 'out'}", '--device=cpu', '--chat=True', '--max_new_tokens=3', '--temperature=0'))
+    ok(once)
+    assert once.stdout.startswith('<|user|>\nHi\n<|assistant|>\n')
+    ok(chat)
+    assert 'you> ' in chat.stdout
