@@ -227,7 +227,7 @@ def test_the_loss_is_the_mean_over_the_answer_tokens_of_the_step(echo_data):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     cfg = dict(DEFAULTS, gradient_accumulation_steps=3, grad_clip=0.0)
     machine = Machine('cpu', 'float32', False)
-    loss = train_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), batches, 0, cfg, machine)
+    loss, _, _ = train_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), batches, 0, cfg, machine)
     assert torch.allclose(loss, reference.detach(), rtol=1e-6, atol=0)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-6, msg=name)
