@@ -96,7 +96,7 @@ def test_merged_export_equals_base_plus_adapters(tmp_path, name):
 def write_lora_run(folder, base_folder, adapters):
     """out_dir/ckpt.pt of a LoRA run on the base in base_folder, as train.py --lora_rank=4 writes it: the adapters
     as the model, and the settings and base's identity as its 'lora' entry."""
-    record = dict(base=dict(init_from=str(base_folder), seed=1337, fingerprint='not checked by export.py'),
+    record = dict(base=dict(init_from=str(base_folder), seed=1337, fingerprint=lora.fingerprint(checkpoint.load_model(str(base_folder))[0])),
                   lora_rank=RANK, lora_alpha=ALPHA, lora_dropout=0.0, lora_targets=','.join(lora.TARGETS),
                   lora_base_dtype='bfloat16')
     base_args = checkpoint.model_args(GPTConfig(**hf_io.model_args(str(base_folder))))
