@@ -98,7 +98,9 @@ class HFTokenizer:
 
     name = 'tokenizer.json'
 
-    def __init__(self, folder):
+    def __init__(self, folder, data_chat_template=None):
+        """data_chat_template: the template a dataset's conversations were rendered with (meta.pkl's), used where the
+        folder has none: a model finetuned on that data chats in it."""
         from tokenizers import Tokenizer as Backend
         self.folder = folder
         path = os.path.join(folder, 'tokenizer.json')
@@ -122,7 +124,7 @@ class HFTokenizer:
         self.add_bos = self.bos_id is not None and bool(config.get('add_bos_token', post_processor_bos))
         generation_eos = read_json(folder, 'generation_config.json').get('eos_token_id')
         self.stop_ids = tuple(sorted({self.eos_id, *token_ids(generation_eos, self.vocab_size, folder)} - {None}))
-        self.chat_template = read_chat_template(folder, config)
+        self.chat_template = read_chat_template(folder, config) or data_chat_template
 
     def token_id(self, key):
         if key not in self.special_tokens:
@@ -149,7 +151,8 @@ class HFTokenizer:
         opened when add_generation_prompt; as transformers' apply_chat_template renders it."""
         if self.chat_template is None:
             raise ValueError(f'{self.folder} has no chat template (in tokenizer_config.json or chat_template.jinja): '
-                             'this is a base model; give it plain text instead')
+                             'this is a base model: give it plain text, or finetune it on data of prepare.py '
+                             '--format=chat')
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ValueError(f'messages must be a list of dicts such as {{"role": "user", "content": "Hi"}}, '
                              f'not {type(messages).__name__}')
@@ -250,7 +253,7 @@ def for_data(data_dir):
         return Tokenizer(meta)
     for name in TOKENIZER_FILES:  # prepare.py copied these in: a link out of the folder was planted
         inside(data_dir, name)
-    tokenizer = HFTokenizer(data_dir)
+    tokenizer = HFTokenizer(data_dir, meta.get('chat_template'))
     if tokenizer.fingerprint != meta['fingerprint']:
         raise ValueError(f'{data_dir}/tokenizer.json is not the tokenizer its bins were made with (fingerprint '
                          f"{tokenizer.fingerprint}, meta.pkl has {meta['fingerprint']}): it was replaced; prepare "

@@ -353,3 +353,17 @@ def test_a_model_finetuned_on_default_template_data_chats(tmp_path):
     assert once.stdout.startswith('<|user|>\nHi\n<|assistant|>\n')
     ok(chat)
     assert 'you> ' in chat.stdout
+
+
+def test_a_model_finetuned_with_its_own_bpe_on_default_template_data_chats(tmp_path):
+    """A BPE of the user's own (prepare.py --tokenizer=bpe: a tokenizer.json without a chat template) renders chat
+    data with the default template; the model finetuned on it chats in that template and stops at <|endoftext|>."""
+    import bpe
+    bpe.train(['<|user|>\nHi\n<|assistant|>\nYo'] * 4, str(tmp_path / 'bpe'), 300, [bpe.END_OF_TEXT], progress=False)
+    source = write_jsonl(tmp_path / 'chat.jsonl', [{'prompt': 'Hi', 'completion': 'Yo'}] * 8)
+    ok(run('prepare.py', source, '--format=chat', f'--out_dir={tmp_path / "data"}', f'--tokenizer={tmp_path / "bpe"}',
+           '--block_size=24'))
+    ok(run('train.py', *train_args(tmp_path / 'data', tmp_path / 'out', '--max_iters=4')))
+    once = ok(run('sample.py', f"--out_dir={tmp_path / 'out'}", '--device=cpu', '--chat=True', '--start=Hi',
+                  '--num_samples=1', '--max_new_tokens=3', '--temperature=0'))
+    assert once.stdout.startswith('<|user|>\nHi\n<|assistant|>\n')
