@@ -357,7 +357,7 @@ def test_a_model_finetuned_on_default_template_data_chats(tmp_path):
 
 def test_a_model_finetuned_with_its_own_bpe_on_default_template_data_chats(tmp_path):
     """A BPE of the user's own (prepare.py --tokenizer=bpe: a tokenizer.json without a chat template) renders chat
-    data with the default template; the model finetuned on it chats in that template and stops at <|endoftext|>."""
+    data with the default template; the model finetuned on it chats in that template."""
     import bpe
     bpe.train(['<|user|>\nHi\n<|assistant|>\nYo'] * 4, str(tmp_path / 'bpe'), 300, [bpe.END_OF_TEXT], progress=False)
     source = write_jsonl(tmp_path / 'chat.jsonl', [{'prompt': 'Hi', 'completion': 'Yo'}] * 8)
